@@ -1,0 +1,452 @@
+//! The agent: keeps every configured bundle downloaded, validated,
+//! persisted and fresh. One task per bundle polls its service through the
+//! service's fetcher, on OPA's schedule; a new bundle is committed to disk
+//! and then announced as active.
+//!
+//! Owns scheduling and activation. Protocols belong to fetchers, checks to
+//! [`crate::bundle`], file layout to [`crate::store`].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits};
+use crate::config::{Bundle, Config, Service};
+use crate::digest::HashingReader;
+use crate::download::{self, Download, DownloadJob, FetchError};
+use crate::runtime::{FetcherComponent, Limits, Runtime, RuntimeError};
+use crate::sandbox::Grant;
+use crate::store::{BundleDir, Metadata};
+use crate::{fetchers, schedule};
+
+/// Where an active bundle came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Loaded from the persistence directory at start.
+    Disk,
+    /// Downloaded from its service.
+    Download,
+}
+
+/// A bundle that became active.
+#[derive(Clone, Debug)]
+pub struct Activation {
+    /// The bundle's name.
+    pub bundle: String,
+    /// The manifest's revision ("" if none).
+    pub revision: String,
+    /// Hex SHA-256 of `bundle.tar.gz`.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The etag the service gave it.
+    pub etag: Option<String>,
+    /// Where the active `bundle.tar.gz` is.
+    pub path: PathBuf,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// What the agent reports to subscribers.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A bundle became active (at start from disk, or after a download).
+    Activated(Activation),
+    /// A poll found the active bundle current.
+    NotModified { bundle: String },
+    /// A poll failed; the active bundle (if any) stays active.
+    Failed {
+        bundle: String,
+        kind: &'static str,
+        message: String,
+    },
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error(
+        "services.{service}.type: no fetcher for service type {service_type:?} (polhost has: {available})"
+    )]
+    NoFetcher {
+        service: String,
+        service_type: String,
+        available: String,
+    },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("persistence_directory {path}: {source}")]
+    Persistence {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything the bundle tasks share.
+struct Shared {
+    runtime: Runtime,
+    fetchers: HashMap<String, Arc<FetcherComponent>>,
+    services: HashMap<String, (Service, Arc<Grant>)>,
+    persistence_directory: PathBuf,
+    events: broadcast::Sender<Event>,
+    active: Mutex<HashMap<String, Activation>>,
+}
+
+/// The agent. Build it with [`Agent::new`], subscribe, then [`Agent::run`].
+pub struct Agent {
+    shared: Arc<Shared>,
+    bundles: Vec<Bundle>,
+}
+
+impl Agent {
+    /// Loads the fetcher of every configured service type (refusing a type
+    /// polhost has no fetcher for) and prepares the bundles' directories.
+    pub fn new(config: Config, limits: Limits) -> Result<Agent, AgentError> {
+        let runtime = Runtime::new(limits)?;
+        let mut fetchers = HashMap::new();
+        for service in &config.services {
+            if fetchers.contains_key(&service.service_type) {
+                continue;
+            }
+            let wasm =
+                fetchers::standard(&service.service_type).ok_or_else(|| AgentError::NoFetcher {
+                    service: service.name.clone(),
+                    service_type: service.service_type.clone(),
+                    available: fetchers::standard_types().collect::<Vec<_>>().join(", "),
+                })?;
+            let component = runtime.load(&service.service_type, wasm)?;
+            tracing::debug!(
+                fetcher = component.name(),
+                digest = component.digest(),
+                "fetcher loaded"
+            );
+            fetchers.insert(service.service_type.clone(), Arc::new(component));
+        }
+        let services = config
+            .services
+            .iter()
+            .map(|service| {
+                let grant = Grant::for_service(service);
+                tracing::debug!(service = %service.name, "sandbox grant: {}", grant.describe());
+                (service.name.clone(), (service.clone(), Arc::new(grant)))
+            })
+            .collect();
+        for bundle in &config.bundles {
+            let dir = BundleDir::new(&config.persistence_directory, &bundle.name, bundle.persist);
+            dir.prepare().map_err(|source| AgentError::Persistence {
+                path: dir.path().to_path_buf(),
+                source,
+            })?;
+        }
+        let (events, _) = broadcast::channel(256);
+        Ok(Agent {
+            shared: Arc::new(Shared {
+                runtime,
+                fetchers,
+                services,
+                persistence_directory: config.persistence_directory.clone(),
+                events,
+                active: Mutex::new(HashMap::new()),
+            }),
+            bundles: config.bundles,
+        })
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// The bundles active now.
+    pub fn active(&self) -> Vec<Activation> {
+        let active = self.shared.active.lock().expect("active lock");
+        let mut list: Vec<_> = active.values().cloned().collect();
+        list.sort_by(|a, b| a.bundle.cmp(&b.bundle));
+        list
+    }
+
+    /// Activates persisted bundles, then polls every bundle until
+    /// `shutdown` is cancelled.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for bundle in &self.bundles {
+            let shared = self.shared.clone();
+            let bundle = bundle.clone();
+            let shutdown = shutdown.clone();
+            let span = shared.span(&bundle);
+            tasks.spawn(
+                async move {
+                    let active = shared.restore(&bundle);
+                    shared.poll_forever(&bundle, active, shutdown).await;
+                }
+                .instrument(span),
+            );
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Activates persisted bundles, polls each bundle once, and returns how
+    /// many bundles are not active afterwards.
+    pub async fn run_once(&self) -> usize {
+        let mut tasks = tokio::task::JoinSet::new();
+        for bundle in &self.bundles {
+            let shared = self.shared.clone();
+            let bundle = bundle.clone();
+            let span = shared.span(&bundle);
+            tasks.spawn(
+                async move {
+                    let active = shared.restore(&bundle);
+                    shared.poll(&bundle, active.as_ref()).await.is_ok() || active.is_some()
+                }
+                .instrument(span),
+            );
+        }
+        let mut inactive = 0;
+        while let Some(ok) = tasks.join_next().await {
+            if !matches!(ok, Ok(true)) {
+                inactive += 1;
+            }
+        }
+        inactive
+    }
+}
+
+/// The outcome of one successful poll.
+struct Polled {
+    long_polling: bool,
+}
+
+impl Shared {
+    fn span(&self, bundle: &Bundle) -> tracing::Span {
+        let fetcher = self
+            .services
+            .get(&bundle.service)
+            .map(|(s, _)| s.service_type.as_str())
+            .unwrap_or("?");
+        info_span!("bundle", name = %bundle.name, service = %bundle.service, fetcher = %fetcher)
+    }
+
+    fn dir(&self, bundle: &Bundle) -> BundleDir {
+        BundleDir::new(&self.persistence_directory, &bundle.name, bundle.persist)
+    }
+
+    /// OPA's loop: poll, then sleep as [`schedule`] says, until shutdown.
+    async fn poll_forever(
+        &self,
+        bundle: &Bundle,
+        mut active: Option<Activation>,
+        shutdown: CancellationToken,
+    ) {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+        let mut retries = 0;
+        loop {
+            let polled = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                polled = self.poll(bundle, active.as_ref()) => polled,
+            };
+            let delay = match polled {
+                Ok((activation, polled)) => {
+                    retries = 0;
+                    if let Some(activation) = activation {
+                        active = Some(activation);
+                    }
+                    schedule::after_success(&bundle.polling, polled.long_polling, &mut rng)
+                }
+                Err(()) => {
+                    let delay = schedule::after_failure(&bundle.polling, retries, &mut rng);
+                    retries += 1;
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One download; activates what it brings. Failures are logged and
+    /// announced here: the caller only needs to know to back off.
+    async fn poll(
+        &self,
+        bundle: &Bundle,
+        active: Option<&Activation>,
+    ) -> Result<(Option<Activation>, Polled), ()> {
+        match self.download(bundle, active).await {
+            Ok(Download::NotModified(info)) => {
+                tracing::debug!("bundle not modified");
+                self.announce(Event::NotModified {
+                    bundle: bundle.name.clone(),
+                });
+                Ok((
+                    None,
+                    Polled {
+                        long_polling: info.long_polling,
+                    },
+                ))
+            }
+            Ok(Download::Fetched(fetched)) => {
+                let long_polling = fetched.info.long_polling;
+                match self.commit(bundle, fetched) {
+                    Ok(activation) => Ok((Some(activation), Polled { long_polling })),
+                    Err(e) => {
+                        self.fail(bundle, "io", format!("persisting the bundle: {e}"));
+                        Err(())
+                    }
+                }
+            }
+            Err(e) => {
+                self.fail(bundle, e.kind(), e.to_string());
+                Err(())
+            }
+        }
+    }
+
+    async fn download(
+        &self,
+        bundle: &Bundle,
+        active: Option<&Activation>,
+    ) -> Result<Download, FetchError> {
+        let (service, grant) = self
+            .services
+            .get(&bundle.service)
+            .expect("config validation guarantees the service exists");
+        let fetcher = self
+            .fetchers
+            .get(&service.service_type)
+            .expect("Agent::new loaded a fetcher for every service type");
+        let dir = self.dir(bundle);
+        download::download(DownloadJob {
+            runtime: &self.runtime,
+            fetcher,
+            grant: grant.clone(),
+            service,
+            bundle,
+            // OPA sends the etag of the active bundle, not of the last
+            // response: after a failed download, ask for it all again.
+            etag: active.and_then(|a| a.etag.clone()),
+            dir: &dir,
+        })
+        .await
+    }
+
+    fn commit(&self, bundle: &Bundle, fetched: download::Fetched) -> std::io::Result<Activation> {
+        let dir = self.dir(bundle);
+        let metadata = Metadata {
+            etag: fetched.info.etag.clone(),
+            sha256: fetched.sha256.clone(),
+            revision: fetched.summary.revision().to_string(),
+            size: fetched.size,
+            fetched_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        };
+        let path = dir.commit(fetched.file, &metadata)?;
+        Ok(self.activate(bundle, metadata, path, Source::Download))
+    }
+
+    fn activate(
+        &self,
+        bundle: &Bundle,
+        metadata: Metadata,
+        path: PathBuf,
+        source: Source,
+    ) -> Activation {
+        let activation = Activation {
+            bundle: bundle.name.clone(),
+            revision: metadata.revision,
+            sha256: metadata.sha256,
+            size: metadata.size,
+            etag: metadata.etag,
+            path,
+            source,
+        };
+        info!(
+            revision = %activation.revision,
+            size = activation.size,
+            sha256 = %activation.sha256,
+            source = ?activation.source,
+            path = %activation.path.display(),
+            "bundle activated"
+        );
+        self.active
+            .lock()
+            .expect("active lock")
+            .insert(bundle.name.clone(), activation.clone());
+        self.announce(Event::Activated(activation.clone()));
+        activation
+    }
+
+    fn fail(&self, bundle: &Bundle, kind: &'static str, message: String) {
+        error!(kind, "bundle download failed: {message}");
+        self.announce(Event::Failed {
+            bundle: bundle.name.clone(),
+            kind,
+            message,
+        });
+    }
+
+    fn announce(&self, event: Event) {
+        // No subscriber is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Validates and activates the persisted copy of a `persist: true`
+    /// bundle, so it is served before (and without) any download.
+    fn restore(&self, bundle: &Bundle) -> Option<Activation> {
+        if !bundle.persist {
+            return None;
+        }
+        let dir = self.dir(bundle);
+        let path = dir.bundle_path();
+        if !path.exists() {
+            return None;
+        }
+        let limits = ValidationLimits {
+            file_size_limit: bundle.size_limit_bytes,
+        };
+        match validate_file(&path, limits) {
+            Ok((summary, sha256, size)) => {
+                // Metadata that does not match its bundle (a crash between
+                // the two renames) is not trusted: without its etag the
+                // next poll downloads the bundle again.
+                let etag = dir
+                    .metadata()
+                    .filter(|m| m.sha256 == sha256)
+                    .and_then(|m| m.etag);
+                let metadata = Metadata {
+                    etag,
+                    sha256,
+                    revision: summary.revision().to_string(),
+                    size,
+                    fetched_at: String::new(),
+                };
+                Some(self.activate(bundle, metadata, path, Source::Disk))
+            }
+            Err(e) => {
+                warn!(path = %path.display(), "persisted bundle refused, downloading it again: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Validates a bundle file, returning what it holds, its SHA-256 and size.
+fn validate_file(
+    path: &Path,
+    limits: ValidationLimits,
+) -> Result<(BundleSummary, String, u64), BundleError> {
+    let file = File::open(path).map_err(BundleError::Io)?;
+    let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
+    let summary = bundle::validate(&mut reader, limits)?;
+    reader.drain().map_err(BundleError::Io)?;
+    let (sha256, size, _) = reader.finish();
+    Ok((summary, sha256, size))
+}

@@ -1,0 +1,306 @@
+//! One download of one bundle: a fresh fetcher instance streams the bytes
+//! into a sink; a blocking consumer writes them to a temp file while
+//! hashing and validating them, in one pass, concurrently with the
+//! transfer. The result is a validated temp file ready to commit, or an
+//! error that says whose fault it was.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tempfile::NamedTempFile;
+use tokio::sync::mpsc;
+
+use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits};
+use crate::config;
+use crate::digest::HashingReader;
+use crate::runtime::{
+    self, BundleSink, ErrorKind, FetchOutcome, FetcherComponent, ResponseInfo, Runtime,
+    RuntimeError, SinkFailure, SinkFailureSlot,
+};
+use crate::sandbox::Grant;
+use crate::store::BundleDir;
+
+/// Chunks in flight between the sink and the consumer: with chunks of at
+/// most 1 MiB, the bound on a download's buffered memory.
+const CHANNEL_CHUNKS: usize = 8;
+
+/// A downloaded, validated bundle, not yet committed.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The bundle's bytes, fsynced.
+    pub file: NamedTempFile,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// What validation found.
+    pub summary: BundleSummary,
+    /// What the service said about it.
+    pub info: ResponseInfo,
+}
+
+/// The result of a download that did not fail.
+#[derive(Debug)]
+pub enum Download {
+    /// The active bundle is still current.
+    NotModified(ResponseInfo),
+    /// A new bundle, validated.
+    Fetched(Fetched),
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The fetcher reported a failure (its message names the URL).
+    #[error("{message}")]
+    Fetcher {
+        kind: ErrorKind,
+        message: String,
+        http_status: Option<u16>,
+    },
+    /// The sandbox refused a request the fetcher made.
+    #[error("sandbox refused {0}")]
+    Denied(String),
+    /// The bundle is larger than `size_limit_bytes`.
+    #[error("bundle exceeds size_limit_bytes ({limit} bytes); download stopped")]
+    SizeLimit { limit: u64 },
+    /// The bytes are not an acceptable bundle.
+    #[error("invalid bundle: {0}")]
+    Invalid(#[source] BundleError),
+    /// The service vouched for a digest the bytes do not have.
+    #[error("digest mismatch: the service announced {announced}, the bytes are sha256:{actual}")]
+    DigestMismatch { announced: String, actual: String },
+    /// The fetcher trapped, timed out or could not be run.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// Local I/O (the temp file) failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FetchError {
+    /// A short word for the kind of failure, for logs and status.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Fetcher { kind, .. } => match kind {
+                ErrorKind::Transient => "transient",
+                ErrorKind::Unauthorized => "unauthorized",
+                ErrorKind::NotFound => "not-found",
+                ErrorKind::InvalidConfig => "invalid-config",
+                ErrorKind::Protocol => "protocol",
+            },
+            FetchError::Denied(_) => "sandbox",
+            FetchError::SizeLimit { .. } => "size-limit",
+            FetchError::Invalid(_) | FetchError::DigestMismatch { .. } => "invalid-bundle",
+            FetchError::Runtime(_) => "fetcher",
+            FetchError::Io { .. } => "io",
+        }
+    }
+
+    /// The HTTP status that failed, if the fetcher reported one.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            FetchError::Fetcher { http_status, .. } => *http_status,
+            _ => None,
+        }
+    }
+}
+
+/// Everything one download needs.
+pub struct DownloadJob<'a> {
+    pub runtime: &'a Runtime,
+    pub fetcher: &'a FetcherComponent,
+    pub grant: Arc<Grant>,
+    pub service: &'a config::Service,
+    pub bundle: &'a config::Bundle,
+    /// The etag of the active bundle.
+    pub etag: Option<String>,
+    /// Where the temp file goes (the bundle's own directory).
+    pub dir: &'a BundleDir,
+}
+
+/// Runs one download.
+pub async fn download(job: DownloadJob<'_>) -> Result<Download, FetchError> {
+    let io_error = |context: &str| {
+        let context = format!("{context} in {}", job.dir.path().display());
+        move |source| FetchError::Io { context, source }
+    };
+    let file = job
+        .dir
+        .temp_file()
+        .map_err(io_error("creating a temp file"))?;
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let limits = ValidationLimits {
+        file_size_limit: job.bundle.size_limit_bytes,
+    };
+    let consumer = tokio::task::spawn_blocking(move || consume(rx, file, limits));
+    let failure = SinkFailureSlot::default();
+    let sink = BundleSink::new(tx, job.bundle.size_limit_bytes, failure.clone());
+
+    let long_poll = job
+        .bundle
+        .polling
+        .long_polling_timeout
+        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+    let service = runtime::Service {
+        name: job.service.name.clone(),
+        url: job.service.url.clone(),
+        headers: job.service.headers.clone(),
+        config: job.service.raw.to_string(),
+    };
+    let request = runtime::BundleRequest {
+        name: job.bundle.name.clone(),
+        resource: job.bundle.resource.clone(),
+        etag: job.etag.clone(),
+        long_polling_timeout_seconds: long_poll,
+    };
+    let first_byte_timeout = Duration::from_secs(
+        job.service.response_header_timeout_seconds + u64::from(long_poll.unwrap_or(0)),
+    );
+    let call = job
+        .fetcher
+        .call(
+            job.runtime,
+            job.grant.clone(),
+            first_byte_timeout,
+            &service,
+            &request,
+            sink,
+        )
+        .await;
+    let consumed = consumer.await.map_err(|e| FetchError::Io {
+        context: "the bundle consumer".into(),
+        source: io::Error::other(e.to_string()),
+    })?;
+
+    if let Some(SinkFailure::SizeLimit { limit }) = failure.lock().ok().and_then(|f| f.clone()) {
+        return Err(FetchError::SizeLimit { limit });
+    }
+    let call = call?;
+    match call.result {
+        Err(error) => Err(match (call.denial, consumed) {
+            (Some(denial), _) => FetchError::Denied(denial),
+            // The consumer refused the bytes while they were still coming:
+            // that refusal, not the guest's failed write, is the cause.
+            (None, Err(Consumed::Refused(e))) => FetchError::Invalid(e),
+            (None, _) => FetchError::Fetcher {
+                kind: error.kind,
+                message: error.message,
+                http_status: error.http_status,
+            },
+        }),
+        Ok(FetchOutcome::NotModified(info)) => Ok(Download::NotModified(info)),
+        Ok(FetchOutcome::Fetched(info)) => {
+            let (file, summary, sha256, size) = match consumed {
+                Ok(done) => done,
+                Err(Consumed::Refused(e) | Consumed::Incomplete(e)) => {
+                    return Err(FetchError::Invalid(e));
+                }
+                Err(Consumed::Io(e)) => {
+                    return Err(io_error("writing the bundle")(e));
+                }
+            };
+            if let Some(announced) = &info.digest
+                && let Some(hex) = announced.strip_prefix("sha256:")
+                && !hex.eq_ignore_ascii_case(&sha256)
+            {
+                return Err(FetchError::DigestMismatch {
+                    announced: announced.clone(),
+                    actual: sha256,
+                });
+            }
+            Ok(Download::Fetched(Fetched {
+                file,
+                sha256,
+                size,
+                summary,
+                info,
+            }))
+        }
+    }
+}
+
+/// How the consumer ended, when not with a good bundle.
+enum Consumed {
+    /// Validation failed before the stream ended: the bytes are bad.
+    Refused(BundleError),
+    /// Validation failed at or after the end: maybe the transfer was cut.
+    Incomplete(BundleError),
+    /// The temp file could not be written.
+    Io(io::Error),
+}
+
+type ConsumedBundle = (NamedTempFile, BundleSummary, String, u64);
+
+/// Reads the chunks as they arrive: writes, hashes and validates them.
+fn consume(
+    rx: mpsc::Receiver<Bytes>,
+    file: NamedTempFile,
+    limits: ValidationLimits,
+) -> Result<ConsumedBundle, Consumed> {
+    let mut input = ChannelReader {
+        rx,
+        chunk: Bytes::new(),
+        ended: false,
+    };
+    let writer = BufWriter::with_capacity(1 << 20, file);
+    let mut tee = HashingReader::tee(&mut input, writer);
+    let summary = bundle::validate(&mut tee, limits);
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(BundleError::Io(e)) => return Err(Consumed::Io(e)),
+        Err(e) => {
+            let ended = tee_ended(&tee);
+            return Err(if ended {
+                Consumed::Incomplete(e)
+            } else {
+                Consumed::Refused(e)
+            });
+        }
+    };
+    tee.drain().map_err(Consumed::Io)?;
+    let (sha256, size, writer) = tee.finish();
+    let mut file = writer
+        .into_inner()
+        .map_err(|e| Consumed::Io(e.into_error()))?;
+    file.flush().map_err(Consumed::Io)?;
+    file.as_file().sync_all().map_err(Consumed::Io)?;
+    Ok((file, summary, sha256, size))
+}
+
+fn tee_ended<W: Write>(tee: &HashingReader<&mut ChannelReader, W>) -> bool {
+    tee.inner_ref().ended
+}
+
+/// Reads the chunks of a channel as one byte stream; ends when every
+/// sender is gone.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+    ended: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => {
+                    self.ended = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Ok(n)
+    }
+}

@@ -1,0 +1,124 @@
+//! A [`Grant`]: the capabilities the host gives one service's fetcher,
+//! derived from the configuration. Nothing is ambient: an origin, a file or
+//! an environment variable a fetcher may use is listed here or refused.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::config::{Credentials, Service};
+
+/// A `scheme://host:port` a fetcher may send requests to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of an absolute http(s) URL; `None` for anything else.
+    pub fn of_url(url: &str) -> Option<Origin> {
+        let uri: http::Uri = url.parse().ok()?;
+        Self::of_uri(&uri)
+    }
+
+    /// The origin of a request URI; `None` unless it is absolute http(s).
+    pub fn of_uri(uri: &http::Uri) -> Option<Origin> {
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let host = uri.host()?.to_ascii_lowercase();
+        Some(Origin {
+            port: uri.port_u16().unwrap_or(default_port),
+            scheme,
+            host,
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// What one service's fetcher may use. Shown by debug logs at start, so an
+/// operator can read the whole sandbox of a service in one line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The service these capabilities belong to.
+    pub service: String,
+    /// Origins outgoing requests may reach (the service URL's first).
+    pub origins: Vec<Origin>,
+    /// Files `read-granted-file` may read (credential files the service's
+    /// configuration names).
+    pub files: Vec<PathBuf>,
+    /// Environment variables `granted-env` may read.
+    pub env: Vec<String>,
+}
+
+impl Grant {
+    /// The least a standard fetcher needs for `service`: its URL's origin,
+    /// and the credential files its configuration names.
+    pub fn for_service(service: &Service) -> Grant {
+        let mut grant = Grant {
+            service: service.name.clone(),
+            ..Grant::default()
+        };
+        grant.origins.extend(Origin::of_url(&service.url));
+        if let Credentials::Bearer(bearer) = &service.credentials
+            && let Some(path) = &bearer.token_path
+        {
+            grant.files.push(path.clone());
+        }
+        grant
+    }
+
+    /// Whether requests may go to `origin`.
+    pub fn allows_origin(&self, origin: &Origin) -> bool {
+        self.origins.contains(origin)
+    }
+
+    /// A one-line description for logs and `plugin inspect`.
+    pub fn describe(&self) -> String {
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "none".to_string()
+            } else {
+                items.join(", ")
+            }
+        };
+        format!(
+            "origins: {}; files: {}; env: {}",
+            list(self.origins.iter().map(Origin::to_string).collect()),
+            list(self.files.iter().map(|p| p.display().to_string()).collect()),
+            list(self.env.clone()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_normalises_default_ports_and_case() {
+        assert_eq!(
+            Origin::of_url("HTTP://Example.COM/x").unwrap(),
+            Origin::of_url("http://example.com:80/y").unwrap()
+        );
+        assert_ne!(
+            Origin::of_url("http://example.com/").unwrap(),
+            Origin::of_url("https://example.com/").unwrap()
+        );
+        assert_ne!(
+            Origin::of_url("http://127.0.0.1:8080/").unwrap(),
+            Origin::of_url("http://127.0.0.1:8081/").unwrap()
+        );
+        assert!(Origin::of_url("file:///etc/passwd").is_none());
+        assert!(Origin::of_url("/relative").is_none());
+    }
+}

@@ -1,0 +1,112 @@
+//! Test harness: real third-party servers started on 127.0.0.1 for the
+//! integration tests. Install them with `tests/harness/install.sh`.
+//!
+//! Shared process helpers live here; one submodule per server.
+#![allow(dead_code)]
+
+pub mod nginx;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A port that was free on 127.0.0.1 a moment ago (bind to port 0, read it,
+/// release it). Another process may take it before the server binds it, so
+/// callers retry with a new port when the server reports "address in use".
+pub fn free_port() -> u16 {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0 to find a free port");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// True when something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns `cmd` so that the child cannot outlive the test process:
+///
+/// * it gets its own process group (so [`terminate`] can kill it and its
+///   workers without touching the test process), and
+/// * `PR_SET_PDEATHSIG(SIGTERM)`: if the test process dies (panic=abort,
+///   Ctrl-C, SIGKILL from a timeout) the child is sent SIGTERM.
+///
+/// The death signal fires when the *thread* that forked the child exits, so
+/// all children are forked from one helper thread that lives as long as the
+/// process (tests may start a server in one thread and use it in another).
+pub fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let parent = std::process::id() as libc::pid_t;
+    cmd.process_group(0);
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        thread::Builder::new()
+            .name("harness-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start harness spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply_tx))
+        .expect("harness spawner thread is gone");
+    reply_rx.recv().expect("harness spawner thread is gone")
+}
+
+/// Sends `signal` to a child started by [`spawn_tied`], waits up to `grace`
+/// for it to exit, then SIGKILLs its whole process group and reaps it.
+/// Does nothing (but reap) if the child already exited.
+pub fn terminate(child: &mut Child, signal: libc::c_int, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: plain syscall; the child is not reaped yet, so `pid` is ours.
+    unsafe { libc::kill(pid, signal) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: the child leads its own process group (spawn_tied), and is
+    // not reaped yet, so the group id is still ours.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let _ = child.wait();
+}
