@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(Failure::Config(e)) => {
-            eprintln!("polhost: {e}");
+            eprintln!("polhost: {e:#}");
             ExitCode::from(EXIT_CONFIG)
         }
         Err(Failure::Other(e)) => {

@@ -147,10 +147,17 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     what: &'static str,
     reader: impl Read,
 ) -> Result<T, BundleError> {
-    serde_json::from_reader(io::BufReader::new(reader)).map_err(|e| BundleError::Malformed {
-        path: path.to_string(),
-        what,
-        message: e.to_string(),
+    serde_json::from_reader(io::BufReader::new(reader)).map_err(|e| {
+        if e.is_io() {
+            // The archive broke under the parser: not the file's fault.
+            BundleError::Corrupt(e.into())
+        } else {
+            BundleError::Malformed {
+                path: path.to_string(),
+                what,
+                message: e.to_string(),
+            }
+        }
     })
 }
 
@@ -196,6 +203,16 @@ mod tests {
         let bundle = tar_gz(&[(".manifest", b"{not json".as_slice())]);
         let err = validate(bundle.as_slice(), LIMITS).unwrap_err().to_string();
         assert!(err.starts_with(".manifest: invalid manifest"), "{err}");
+    }
+
+    #[test]
+    fn truncation_inside_the_manifest_is_corruption_not_bad_json() {
+        let bundle = tar_gz(&[(
+            ".manifest",
+            br#"{"revision":"a-long-revision-string"}"#.as_slice(),
+        )]);
+        let err = validate(&bundle[..bundle.len() / 2], LIMITS).unwrap_err();
+        assert!(matches!(err, BundleError::Corrupt(_)), "{err}");
     }
 
     #[test]
