@@ -113,7 +113,13 @@ impl Agent {
     pub fn new(config: Config, limits: Limits) -> Result<Agent, AgentError> {
         let runtime = Runtime::new(limits)?;
         let mut fetchers = HashMap::new();
-        for service in &config.services {
+        // Only services a bundle uses need a fetcher: a service kept for
+        // something polhost does not do (decision logs, say) is no error.
+        let used = config
+            .services
+            .iter()
+            .filter(|s| config.bundles.iter().any(|b| b.service == s.name));
+        for service in used {
             if fetchers.contains_key(&service.service_type) {
                 continue;
             }

@@ -87,8 +87,8 @@ impl BundleDir {
 
     /// Makes `bundle` (already fsynced by the writer, or synced here) the
     /// bundle of this directory, then its metadata. A crash between the two
-    /// leaves a metadata file whose digest does not match: [`Self::load`]
-    /// then ignores the metadata, never the bundle.
+    /// leaves a metadata file whose digest does not match: the agent then
+    /// ignores the metadata (and its etag), never the bundle.
     pub fn commit(&self, bundle: NamedTempFile, metadata: &Metadata) -> io::Result<PathBuf> {
         bundle.as_file().sync_all()?;
         let path = self.bundle_path();

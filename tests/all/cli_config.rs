@@ -106,6 +106,39 @@ fn service_type_without_a_fetcher() {
 }
 
 #[test]
+fn unused_service_needs_no_fetcher() {
+    let (run, _) = run_config(
+        "services:\n  logs:\n    url: https://logs.example\n    type: nosuch\n  web:\n    url: http://127.0.0.1:9\nbundles:\n  authz:\n    service: web\n",
+    );
+    // Not a config error: it goes on to fetch (and fails: nothing listens on :9).
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+}
+
+#[test]
+fn credential_method_the_http_fetcher_lacks_fails_loudly() {
+    let (run, _) = run_config(
+        "services:\n  web:\n    url: http://127.0.0.1:9\n    credentials:\n      oauth2:\n        token_url: https://auth.example/token\n        client_id: c\n        client_secret: topsecret\nbundles:\n  authz: {}\n",
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("services.web.credentials.oauth2: not supported by the http fetcher"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("kind=\"invalid-config\""),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("topsecret"),
+        "a secret leaked: {}",
+        run.stderr
+    );
+}
+
+#[test]
 fn missing_file_names_it() {
     let run = polhost(&["run", "--once", "/nonexistent/polhost.yaml"], &[]);
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);

@@ -85,7 +85,16 @@ impl Fetcher for HttpFetcher {
 
 /// The `Authorization` value from `credentials.bearer` (OPA: `token` or
 /// `token_path`, re-read on every request, and `scheme`, default Bearer).
+/// Any other credential method is refused rather than silently skipped.
 fn bearer_authorization(config: &ServiceConfig) -> Result<Option<String>, FetchError> {
+    if let Some(serde_json::Value::Object(methods)) = config.get("credentials")
+        && let Some(other) = methods.keys().find(|m| *m != "bearer")
+    {
+        return Err(config.invalid(
+            &format!("credentials.{other}"),
+            "not supported by the http fetcher (it supports credentials.bearer)",
+        ));
+    }
     let token = match config.str("credentials.bearer.token")? {
         Some(token) => token.to_string(),
         None => match config.read_file_at("credentials.bearer.token_path")? {

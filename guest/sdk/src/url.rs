@@ -80,9 +80,14 @@ impl Url {
     }
 }
 
+/// Shown without its query: a query can carry a credential (a SAS token,
+/// a presigned signature), and this is what messages print.
 impl fmt::Display for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.origin(), self.path_and_query)
+        match self.path_and_query.split_once('?') {
+            Some((path, _)) => write!(f, "{}{path}?…", self.origin()),
+            None => write!(f, "{}{}", self.origin(), self.path_and_query),
+        }
     }
 }
 
@@ -109,6 +114,10 @@ mod tests {
                 .unwrap()
                 .to_string(),
             "http://h/api/bundles/x"
+        );
+        assert_eq!(
+            Url::parse("https://h/b?sig=SECRET").unwrap().to_string(),
+            "https://h/b?…"
         );
         assert!(Url::parse("ftp://h/x").is_err());
         assert!(Url::parse("http://user:pw@h/x").is_err());

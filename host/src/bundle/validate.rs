@@ -7,7 +7,7 @@
 
 use std::io::{self, Read};
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 
 use super::Manifest;
 
@@ -65,7 +65,9 @@ pub enum BundleError {
 
 /// Reads a gzipped tar bundle to its end and checks it.
 pub fn validate(reader: impl Read, limits: ValidationLimits) -> Result<BundleSummary, BundleError> {
-    let mut gz = GzDecoder::new(reader);
+    // Every gzip member, as Go's reader (OPA) reads them all: a second
+    // member must not slip past validation.
+    let mut gz = MultiGzDecoder::new(reader);
     // Read the header eagerly so "not gzip" is told apart from "corrupt".
     if gz.header().is_none() {
         let mut probe = [0u8; 0];
@@ -103,7 +105,7 @@ pub fn validate(reader: impl Read, limits: ValidationLimits) -> Result<BundleSum
         }
         summary.files += 1;
         summary.uncompressed_bytes += size;
-        let name = path.trim_start_matches('/');
+        let name = path.as_str();
         if name == ".manifest" {
             summary.manifest = Some(parse_json(&path, "manifest", &mut entry)?);
         } else if name == "data.json" || name.ends_with("/data.json") {
@@ -120,26 +122,36 @@ pub fn validate(reader: impl Read, limits: ValidationLimits) -> Result<BundleSum
     Ok(summary)
 }
 
-/// The entry's path, refused if it could reach outside the bundle.
+/// The entry's path relative to the bundle root, refused if it could reach
+/// outside the bundle.
+///
+/// Paths in a bundle are bundle-root paths: `opa build` writes them with a
+/// leading `/` (`/data.json`) and `tar -C dir .` with `./`; both mean the
+/// same file as `data.json` and are normalised to it. A path that still
+/// starts with `/` after that (`//etc/x`), or has a `..` segment, is refused.
 fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, BundleError> {
     let raw = entry.path_bytes();
-    let path = String::from_utf8(raw.to_vec()).map_err(|_| BundleError::Entry {
+    let written = String::from_utf8(raw.to_vec()).map_err(|_| BundleError::Entry {
         path: String::from_utf8_lossy(&raw).into_owned(),
         reason: "name is not UTF-8".into(),
     })?;
+    let path = written
+        .strip_prefix("./")
+        .or_else(|| written.strip_prefix('/'))
+        .unwrap_or(&written);
     if path.starts_with('/') {
         return Err(BundleError::Entry {
-            path,
+            path: written,
             reason: "absolute paths are not allowed".into(),
         });
     }
     if path.split(['/', '\\']).any(|segment| segment == "..") {
         return Err(BundleError::Entry {
-            path,
+            path: written,
             reason: "`..` segments are not allowed".into(),
         });
     }
-    Ok(path)
+    Ok(path.to_string())
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(
@@ -183,6 +195,55 @@ mod tests {
         let summary = validate(bundle.as_slice(), LIMITS).unwrap();
         assert_eq!(summary.revision(), "r1");
         assert_eq!(summary.files, 3);
+    }
+
+    #[test]
+    fn opa_build_and_tar_dot_paths_are_bundle_root_paths() {
+        use crate::bundle::testing::tar_gz_raw;
+        let bundle = tar_gz_raw(
+            &[
+                ("/.manifest", br#"{"revision":"from-opa-build"}"#.as_slice()),
+                ("/data.json", br#"{"a":1}"#),
+            ],
+            true,
+        );
+        assert_eq!(
+            validate(bundle.as_slice(), LIMITS).unwrap().revision(),
+            "from-opa-build"
+        );
+        let bundle = tar_gz_raw(
+            &[("./.manifest", br#"{"revision":"from-tar-dot"}"#.as_slice())],
+            true,
+        );
+        assert_eq!(
+            validate(bundle.as_slice(), LIMITS).unwrap().revision(),
+            "from-tar-dot"
+        );
+    }
+
+    #[test]
+    fn double_slash_absolute_path_is_refused() {
+        let bundle = crate::bundle::testing::tar_gz_raw_path("//etc/x.rego", b"package x");
+        let err = validate(bundle.as_slice(), LIMITS).unwrap_err().to_string();
+        assert!(err.contains("absolute paths"), "{err}");
+    }
+
+    #[test]
+    fn a_second_gzip_member_is_validated_too() {
+        // The first member's tar has no end-of-archive blocks, so the tar
+        // stream runs on into the second member: that is where the entry is.
+        use crate::bundle::testing::tar_gz_raw;
+        let mut bundle = tar_gz_raw(&[("a/data.json", br#"{"x":1}"#.as_slice())], false);
+        bundle.extend(tar_gz_raw(&[("../../evil.rego", b"package evil")], true));
+        let err = validate(bundle.as_slice(), LIMITS).unwrap_err().to_string();
+        assert!(err.contains("../../evil.rego"), "{err}");
+    }
+
+    #[test]
+    fn trailing_garbage_after_the_gzip_stream_is_refused() {
+        let mut bundle = tar_gz(&[("a/data.json", br#"{"x":1}"#.as_slice())]);
+        bundle.extend_from_slice(b"garbage after the end");
+        assert!(validate(bundle.as_slice(), LIMITS).is_err());
     }
 
     #[test]

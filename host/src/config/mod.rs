@@ -283,7 +283,11 @@ persistence_directory: /var/lib/polhost
             config.persistence_directory,
             PathBuf::from("/var/lib/polhost")
         );
-        assert!(config.ignored_keys.is_empty(), "{:?}", config.ignored_keys);
+        // Parsed, but TLS is always verified for now: reported, not obeyed.
+        assert_eq!(
+            config.ignored_keys,
+            ["services.acmecorp.allow_insecure_tls"]
+        );
     }
 
     #[test]

@@ -197,6 +197,11 @@ fn parse_service(
         })?,
     };
 
+    if section.allow_insecure_tls == Some(true) {
+        // TLS is always verified for now: say so rather than pretend.
+        ignored.push(tree::join(path, "allow_insecure_tls"));
+    }
+
     let headers = parse_headers(node.get("headers"), &tree::join(path, "headers"))?;
     let credentials = parse_credentials(
         node.get("credentials"),

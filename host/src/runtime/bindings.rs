@@ -18,6 +18,6 @@ wasmtime::component::bindgen!({
     require_store_data_send: true,
 });
 
-pub use polhost::fetcher::types::{
+pub use self::polhost::fetcher::types::{
     BundleRequest, ErrorKind, FetchError as GuestError, FetchOutcome, ResponseInfo, Service,
 };

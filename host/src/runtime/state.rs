@@ -33,8 +33,9 @@ impl FetchState {
             .collect();
         FetchState {
             table: ResourceTable::new(),
-            // Nothing inherited: stdio goes nowhere, no env, no preopens,
-            // and sockets are not even linked.
+            // Nothing inherited: stdio goes nowhere, no env, no preopens, no
+            // network for wasi:sockets (a component importing it is refused
+            // at load anyway: see runtime::ALLOWED_IMPORTS).
             wasi: WasiCtx::builder().build(),
             http: WasiHttpCtx::new(),
             hooks,
