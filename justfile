@@ -1,0 +1,25 @@
+# Convenience recipes. The README's commands do not need `just`.
+
+export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME") + "/.cache/polhost/target")
+
+# Build polhost (release; embeds the fetcher components).
+build:
+    cargo build --release --locked
+
+# The whole test suite, as CI runs it.
+test:
+    ./tests/run.sh
+
+# The quickstart: serve the example bundle and fetch it.
+quickstart:
+    ./examples/quickstart/run.sh
+
+# fmt + clippy for both workspaces.
+lint:
+    cargo fmt --all --check
+    cargo clippy --locked --all-targets -- -D warnings
+    cd guest && cargo fmt --all --check
+
+# Fetch a 256 MiB bundle through the http fetcher; compare with curl + sha256sum.
+bench:
+    cargo bench --locked --bench fetch
