@@ -10,6 +10,10 @@ use std::process::Command;
 /// Each standard fetcher: (service type, guest crate).
 const FETCHERS: &[(&str, &str)] = &[("http", "fetcher-http")];
 
+/// Hostile components for the sandbox tests: built with the rest, never
+/// embedded; their paths reach the tests as `POLHOST_FIXTURE_<NAME>_WASM`.
+const TEST_FIXTURES: &[&str] = &["fixture-hostile", "fixture-sockets"];
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let guest = manifest_dir.join("../guest");
@@ -33,7 +37,7 @@ fn main() {
         ])
         .arg("--target-dir")
         .arg(&target_dir);
-    for (_, krate) in FETCHERS {
+    for krate in FETCHERS.iter().map(|(_, k)| k).chain(TEST_FIXTURES) {
         cargo.args(["-p", krate]);
     }
     // The outer build's settings are for the host, not for wasm: do not
@@ -59,14 +63,19 @@ fn main() {
         "building the fetcher components in guest/ failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
     );
 
+    for krate in TEST_FIXTURES {
+        let name = krate.trim_start_matches("fixture-").to_uppercase();
+        println!(
+            "cargo:rustc-env=POLHOST_FIXTURE_{name}_WASM={}",
+            wasm_path(&target_dir, krate).display()
+        );
+    }
+
     let mut generated = String::from(
         "/// Standard fetchers: (service type, component bytes).\npub const STANDARD: &[(&str, &[u8])] = &[\n",
     );
     for (service_type, krate) in FETCHERS {
-        let wasm = target_dir
-            .join("wasm32-wasip2/release")
-            .join(format!("{}.wasm", krate.replace('-', "_")));
-        assert!(wasm.exists(), "missing {}", wasm.display());
+        let wasm = wasm_path(&target_dir, krate);
         generated.push_str(&format!(
             "    ({service_type:?}, include_bytes!({:?})),\n",
             wasm.display().to_string()
@@ -74,6 +83,15 @@ fn main() {
     }
     generated.push_str("];\n");
     std::fs::write(out_dir.join("fetchers.rs"), generated).unwrap();
+}
+
+/// The component a guest crate builds to.
+fn wasm_path(target_dir: &Path, krate: &str) -> PathBuf {
+    let wasm = target_dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", krate.replace('-', "_")));
+    assert!(wasm.exists(), "missing {}", wasm.display());
+    wasm
 }
 
 /// `<target dir>/wasm-guests`, shared by every profile and tool (clippy,

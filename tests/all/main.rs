@@ -10,3 +10,4 @@ mod cli_config;
 mod http_fetcher;
 mod long_polling;
 mod sandbox;
+mod sandbox_limits;
