@@ -16,6 +16,16 @@ fn nginx(root: &std::path::Path) -> Nginx {
     })
 }
 
+/// A work dir, `bundle("v1")` published at `www/<resource>`, and nginx
+/// serving `www/`.
+fn served_v1(resource: &str) -> (Workdir, std::path::PathBuf, Nginx) {
+    let work = Workdir::new();
+    let root = work.path().join("www");
+    publish(&root.join(resource), &bundle("v1"), 0);
+    let server = nginx(&root);
+    (work, root, server)
+}
+
 fn config(url: &str, resource: &str, extra_service: &str) -> String {
     format!(
         "services:
@@ -36,10 +46,7 @@ bundles:
 
 #[test]
 fn first_fetch_then_304s_then_changed_bundle_is_picked_up() {
-    let work = Workdir::new();
-    let root = work.path().join("www");
-    publish(&root.join("bundles/authz.tar.gz"), &bundle("v1"), 0);
-    let server = nginx(&root);
+    let (work, root, server) = served_v1("bundles/authz.tar.gz");
     let cfg = work.config(&config(&server.url(), "bundles/authz.tar.gz", ""));
 
     let polhost = Polhost::spawn(&["run", cfg.to_str().unwrap()], &[]);
@@ -76,10 +83,7 @@ fn first_fetch_then_304s_then_changed_bundle_is_picked_up() {
 
 #[test]
 fn default_resource_is_bundles_slash_name() {
-    let work = Workdir::new();
-    let root = work.path().join("www");
-    publish(&root.join("bundles/authz"), &bundle("v1"), 0);
-    let server = nginx(&root);
+    let (work, _, server) = served_v1("bundles/authz");
     let cfg = work.config(&format!(
         "services:\n  web:\n    url: {}/\nbundles:\n  authz:\n    persist: true\n",
         server.url()
@@ -91,10 +95,7 @@ fn default_resource_is_bundles_slash_name() {
 
 #[test]
 fn bearer_location_without_token_fails_with_401_and_names_url() {
-    let work = Workdir::new();
-    let root = work.path().join("www");
-    publish(&root.join("secure/authz.tar.gz"), &bundle("v1"), 0);
-    let server = nginx(&root);
+    let (work, _, server) = served_v1("secure/authz.tar.gz");
     let cfg = work.config(&config(&server.url(), "secure/authz.tar.gz", ""));
 
     let run = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
@@ -114,10 +115,7 @@ fn bearer_location_without_token_fails_with_401_and_names_url() {
 
 #[test]
 fn bearer_token_is_sent_and_never_logged() {
-    let work = Workdir::new();
-    let root = work.path().join("www");
-    publish(&root.join("secure/authz.tar.gz"), &bundle("v1"), 0);
-    let server = nginx(&root);
+    let (work, _, server) = served_v1("secure/authz.tar.gz");
     let cfg = work.config(&config(
         &server.url(),
         "secure/authz.tar.gz",
@@ -136,10 +134,7 @@ fn bearer_token_is_sent_and_never_logged() {
 
 #[test]
 fn bearer_token_path_is_read_through_the_grant() {
-    let work = Workdir::new();
-    let root = work.path().join("www");
-    publish(&root.join("secure/authz.tar.gz"), &bundle("v1"), 0);
-    let server = nginx(&root);
+    let (work, _, server) = served_v1("secure/authz.tar.gz");
     let token_file = work.path().join("token");
     fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let cfg = work.config(&config(
@@ -164,10 +159,7 @@ fn bearer_token_path_is_read_through_the_grant() {
 
 #[test]
 fn restart_with_server_down_serves_persisted_bundle() {
-    let work = Workdir::new();
-    let root = work.path().join("www");
-    publish(&root.join("bundles/authz.tar.gz"), &bundle("v1"), 0);
-    let mut server = nginx(&root);
+    let (work, root, mut server) = served_v1("bundles/authz.tar.gz");
     let cfg = work.config(&config(&server.url(), "bundles/authz.tar.gz", ""));
     let first = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
     assert!(first.status.success(), "{}", first.stderr);
@@ -197,10 +189,7 @@ fn restart_with_server_down_serves_persisted_bundle() {
 
 #[test]
 fn sigterm_stops_within_one_second() {
-    let work = Workdir::new();
-    let root = work.path().join("www");
-    publish(&root.join("bundles/authz.tar.gz"), &bundle("v1"), 0);
-    let server = nginx(&root);
+    let (work, _, server) = served_v1("bundles/authz.tar.gz");
     let cfg = work.config(&config(&server.url(), "bundles/authz.tar.gz", ""));
     let mut polhost = Polhost::spawn(&["run", cfg.to_str().unwrap()], &[]);
     polhost.wait_for_activation("v1", "Download");

@@ -129,11 +129,7 @@ fn parse_bundle(
         if !BUNDLE_KEYS.contains(&key.as_str()) || (key == "trigger" && manual) {
             ignored.push(tree::join(&path, key));
         } else if key == "polling" {
-            for (polling_key, _) in value.entries(&tree::join(&path, key))? {
-                if !POLLING_KEYS.contains(&polling_key.as_str()) {
-                    ignored.push(tree::join(&tree::join(&path, key), polling_key));
-                }
-            }
+            tree::report_unknown_keys(value, &tree::join(&path, key), POLLING_KEYS, ignored)?;
         }
     }
 

@@ -179,12 +179,7 @@ fn parse_service(
     section: ServiceSection,
     ignored: &mut Vec<String>,
 ) -> Result<Service, ConfigError> {
-    let entries = node.entries(path)?;
-    for (key, _) in entries {
-        if !SERVICE_KEYS.contains(&key.as_str()) {
-            ignored.push(tree::join(path, key));
-        }
-    }
+    tree::report_unknown_keys(node, path, SERVICE_KEYS, ignored)?;
 
     let url_path = tree::join(path, "url");
     let url = match section.url.as_deref() {
@@ -395,12 +390,7 @@ fn parse_bearer(
     path: &str,
     ignored: &mut Vec<String>,
 ) -> Result<BearerCredentials, ConfigError> {
-    let entries = node.entries(path)?;
-    for (key, _) in entries {
-        if !BEARER_KEYS.contains(&key.as_str()) {
-            ignored.push(tree::join(path, key));
-        }
-    }
+    tree::report_unknown_keys(node, path, BEARER_KEYS, ignored)?;
     let field = |key: &str| -> Result<Option<&str>, ConfigError> {
         match node.get(key) {
             Some(value) => value.opt_str(&tree::join(path, key)),

@@ -154,6 +154,22 @@ fn map_key(key: serde_yaml::Value, path: &str) -> Result<String, ConfigError> {
     }
 }
 
+/// Lists as ignored (by field path) every key of the map at `path` that is
+/// not one of `known`: accepted, reported, never silently dropped.
+pub(crate) fn report_unknown_keys(
+    node: &Node,
+    path: &str,
+    known: &[&str],
+    ignored: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    for (key, _) in node.entries(path)? {
+        if !known.contains(&key.as_str()) {
+            ignored.push(join(path, key));
+        }
+    }
+    Ok(())
+}
+
 /// `base.key` (just `key` at the top); an empty key shows as `""`.
 pub(crate) fn join(base: &str, key: &str) -> String {
     let key = if key.is_empty() { "\"\"" } else { key };
