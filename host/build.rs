@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Each standard fetcher: (service type, guest crate).
-const FETCHERS: &[(&str, &str)] = &[("http", "fetcher-http")];
+const FETCHERS: &[(&str, &str)] = &[("http", "fetcher-http"), ("oci", "fetcher-oci")];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
