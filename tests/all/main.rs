@@ -9,4 +9,5 @@ mod bad_downloads;
 mod cli_config;
 mod http_fetcher;
 mod long_polling;
+mod oci;
 mod sandbox;
