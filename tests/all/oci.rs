@@ -576,3 +576,52 @@ fn blob_redirect_to_another_origin_is_followed_without_the_registry_credentials(
         run.stderr
     );
 }
+
+#[test]
+fn a_redirect_from_a_learned_origin_is_refused() {
+    let work = Workdir::new();
+    let mut registry = Registry::start(RegistryOptions::default());
+    let bytes = push_bundle(&work, &registry, "org/hop:v1", "v1", &[]);
+    let digest = sha256_digest(&bytes);
+    let blob_path = registry
+        .blob_file(&digest)
+        .strip_prefix(registry.storage())
+        .unwrap()
+        .display()
+        .to_string();
+    // The registry sends the blob to a CDN, which sends it on to a third
+    // origin: the sandbox allows the first hop only.
+    let elsewhere = Nginx::start(NginxOptions {
+        root: registry.storage(),
+        ..NginxOptions::default()
+    });
+    let onward = format!("{}/{blob_path}", elsewhere.url());
+    let cdn = Nginx::start(NginxOptions {
+        root: registry.storage(),
+        redirects: vec![(blob_path.clone(), onward.clone())],
+        ..NginxOptions::default()
+    });
+    registry.reconfigure(RegistryOptions {
+        redirect_blobs_to: Some(cdn.url()),
+        ..RegistryOptions::default()
+    });
+
+    let cfg = work.config(&config(&registry, "org/hop:v1", ""));
+    let run = run_once(&work, &cfg, &[]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    let expected = format!(
+        "sandbox refused request to {onward}: origin http://127.0.0.1:{} is not granted to service \"registry\" (granted: {}; learned in this fetch: http://127.0.0.1:{})",
+        elsewhere.port(),
+        registry.url(),
+        cdn.port()
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(run.stderr.contains("kind=\"sandbox\""), "{}", run.stderr);
+    assert_eq!(cdn.access_log()[0].status, 302);
+    assert!(
+        elsewhere.access_log().is_empty(),
+        "{:?}",
+        elsewhere.access_log()
+    );
+    assert!(!work.persisted("authz").exists());
+}

@@ -48,14 +48,6 @@ impl Request {
         }
     }
 
-    /// A HEAD of `url` with no headers yet.
-    pub fn head(url: Url) -> Request {
-        Request {
-            method: Method::Head,
-            ..Request::get(url)
-        }
-    }
-
     fn describe(&self, url: &Url) -> String {
         format!("{} {url}", method_name(&self.method))
     }
