@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need
-# (the wasm32-wasip2 target, nginx, curl, docker-registry, skopeo, oras-py), checks formatting and lints, then
-# runs every unit and integration test. The integration tests start their
-# own servers on 127.0.0.1.
+# (the wasm32-wasip2 target, nginx, curl, docker-registry, skopeo, htpasswd,
+# openssl, oras-py), checks formatting and lints, then runs every unit and
+# integration test. The integration tests start their own servers on
+# 127.0.0.1.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

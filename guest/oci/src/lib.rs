@@ -19,8 +19,7 @@ use polhost_fetcher::config::ServiceConfig;
 use polhost_fetcher::http::{self, Request, Response};
 use polhost_fetcher::url::Url;
 use polhost_fetcher::{
-    BundleRequest, ErrorKind, FetchError, FetchOutcome, Fetcher, OutputStream, ResponseInfo,
-    Service, log,
+    BundleRequest, FetchError, FetchOutcome, Fetcher, OutputStream, ResponseInfo, Service, log,
 };
 use sha2::{Digest, Sha256};
 
@@ -194,8 +193,12 @@ impl Registry {
     /// parsed document. A document fetched by digest must hash to it.
     fn manifest(&mut self, target: &str, verify: bool) -> Result<(String, Document), FetchError> {
         let path = format!("manifests/{target}");
-        let what = format!("manifest {}:{target}", self.reference.repository)
-            .replace(":sha256:", "@sha256:");
+        let separator = if target.starts_with("sha256:") {
+            '@'
+        } else {
+            ':'
+        };
+        let what = format!("manifest {}{separator}{target}", self.reference.repository);
         let response = self.get(&path, manifest::ACCEPT, &what)?;
         let content_type = response.header("content-type");
         let announced = response.header("docker-content-digest");
@@ -245,8 +248,9 @@ impl Registry {
     }
 
     /// GET `/v2/<repository>/<path>`, answering a Bearer challenge with the
-    /// token flow once. Any status but 200 is an error naming the registry,
-    /// the repository, the reference and the status.
+    /// token flow (once per request: a token that expired or lacks the
+    /// scope is replaced). Any status but 200 is an error naming the
+    /// registry, the repository, the reference and the status.
     fn get(&mut self, path: &str, accept: &str, what: &str) -> Result<Response, FetchError> {
         let url = Url::parse(&format!(
             "{}/v2/{}/{path}",
@@ -258,7 +262,6 @@ impl Registry {
                 .header("www-authenticate")
                 .and_then(|h| Challenge::parse(&h))
             && challenge.is_bearer()
-            && self.token.is_none()
         {
             drop(response);
             self.token = Some(self.fetch_token(&challenge)?);
@@ -280,10 +283,13 @@ impl Registry {
         // The registry's headers and credentials stay on its origin: a blob
         // redirect to a CDN or object store gets none of them.
         request.origin_headers.extend(self.headers.iter().cloned());
-        let authorization = match &self.token {
-            Some(token) => token.authorization(),
-            None => self.credential.clone(),
-        };
+        // A valid token replaces the configured credential; an expired one
+        // is dropped, and the registry's next challenge fetches another.
+        let authorization = self
+            .token
+            .as_ref()
+            .and_then(Token::authorization)
+            .or_else(|| self.credential.clone());
         if let Some(authorization) = authorization {
             request
                 .origin_headers
@@ -378,7 +384,7 @@ impl Registry {
             let how = match (&self.token, &self.credential) {
                 (Some(_), _) => "the registry refused the token it asked for",
                 (None, Some(_)) => "the registry refused the configured credentials",
-                (None, None) => "no credentials configured (services.<name>.credentials.bearer)",
+                (None, None) => "no credentials configured",
             };
             let challenge = challenge.map_or_else(
                 || "no WWW-Authenticate".to_string(),
@@ -389,11 +395,7 @@ impl Registry {
         if (300..400).contains(&status) {
             message.push_str(" (a redirect the fetcher could not follow)");
         }
-        let mut error = FetchError::from_status(status, message);
-        if status == 400 && what.starts_with("manifest") {
-            error.kind = ErrorKind::Protocol;
-        }
-        error
+        FetchError::from_status(status, message)
     }
 }
 
