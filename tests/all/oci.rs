@@ -313,6 +313,38 @@ fn htpasswd_registry_refuses_anonymous_and_accepts_opa_basic_credentials() {
         !run.stderr.contains(PASSWORD),
         "the password leaked into the log"
     );
+
+    // The same credential from `token_path`, read through the file grant.
+    let token_file = work.path().join("registry-credential");
+    fs::write(&token_file, format!("{USER}:{PASSWORD}\n")).unwrap();
+    let cfg = work.config(&config(
+        &registry,
+        &resource,
+        &format!(
+            "    credentials:\n      bearer:\n        scheme: Basic\n        token_path: {}",
+            token_file.display()
+        ),
+    ));
+    let run = run_once(&work, &cfg, &[]);
+    assert!(run.status.success(), "{}", run.stderr);
+    // The manifest was read with the credential: the bundle from disk is
+    // still the registry's.
+    assert!(run.stderr.contains("bundle not modified"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("bundle download failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("files: {}", token_file.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains(PASSWORD),
+        "the password leaked into the log"
+    );
 }
 
 #[test]

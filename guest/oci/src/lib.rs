@@ -443,8 +443,12 @@ impl Seen {
         } else if self.layer_types.is_empty() {
             parts.push(format!("no layers in {} manifest(s)", self.manifests));
         } else {
-            let mut types = self.layer_types.clone();
-            types.dedup();
+            let mut types: Vec<&str> = Vec::new();
+            for t in &self.layer_types {
+                if !types.contains(&t.as_str()) {
+                    types.push(t);
+                }
+            }
             parts.push(format!("layer media types found: {}", types.join(", ")));
         }
         if !self.manifest_types.is_empty() {
@@ -471,6 +475,31 @@ impl Seen {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_bundle_layer_is_explained() {
+        let seen = Seen {
+            manifests: 2,
+            attestations: 1,
+            manifest_types: vec!["application/vnd.oci.image.manifest.v1+json sha256:aa".into()],
+            layer_types: vec!["a/x".into(), "b/y".into(), "a/x".into()],
+            ..Seen::default()
+        };
+        assert_eq!(
+            seen.explain(),
+            "layer media types found: a/x, b/y; manifests read: application/vnd.oci.image.manifest.v1+json sha256:aa; 1 attestation entry (platform unknown/unknown) skipped"
+        );
+        let empty = Seen {
+            manifests: 1,
+            ..Seen::default()
+        };
+        assert_eq!(empty.explain(), "no layers in 1 manifest(s)");
+    }
 }
 
 polhost_fetcher::export_fetcher!(OciFetcher);
