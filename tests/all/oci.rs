@@ -108,6 +108,7 @@ fn skopeo_pushed_bundle_is_fetched_unchanged_tag_transfers_no_blob_moved_tag_is_
     // The tag moves: the next poll picks the new bundle up.
     let v2 = push_bundle(&work, &registry, "org/policy:live", "v2", &[]);
     polhost.wait_for_activation("v2", "Download");
+    registry.wait_for_requests(|r| r.iter().filter(|a| a.uri.contains("/blobs/")).count() >= 2);
     assert_eq!(
         sha256_file(&work.persisted("authz")),
         sha256_digest(&v2)[7..]
@@ -377,7 +378,7 @@ fn token_registry_is_read_with_an_anonymous_token_fetched_once_per_fetch() {
         "{requests:?}"
     );
     let statuses: Vec<u16> = registry
-        .polhost_requests()
+        .wait_for_requests(|r| r.len() >= 3)
         .iter()
         .map(|a| a.status)
         .collect();
@@ -589,6 +590,7 @@ fn blob_redirect_to_another_origin_is_followed_without_the_registry_credentials(
         sha256_file(&work.persisted("authz")),
         sha256_digest(&bytes)[7..]
     );
+    registry.wait_for_requests(|r| r.iter().any(|a| a.uri.contains("/blobs/")));
     let blob = registry.blob_gets();
     assert_eq!(blob.len(), 1, "{:?}", registry.polhost_requests());
     assert_eq!(blob[0].status, 307);

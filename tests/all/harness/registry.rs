@@ -159,6 +159,34 @@ impl Registry {
             .collect()
     }
 
+    /// polhost's requests once at least `n` are logged: the registry logs
+    /// a request after its response is sent, so a client can finish first.
+    /// Gives up after 5 s and returns what is there.
+    pub fn wait_for_polhost_requests(&self, n: usize) -> Vec<Access> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let requests = self.polhost_requests();
+            if requests.len() >= n || Instant::now() >= deadline {
+                return requests;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// polhost's requests once `done` holds for them: the registry logs a
+    /// request after its response is sent, so a client can finish first.
+    /// Gives up after 5 s and returns what is there.
+    pub fn wait_for_requests(&self, done: impl Fn(&[Access]) -> bool) -> Vec<Access> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let requests = self.polhost_requests();
+            if done(&requests) || Instant::now() >= deadline {
+                return requests;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// polhost's blob GETs (any status).
     pub fn blob_gets(&self) -> Vec<Access> {
         self.polhost_requests()
