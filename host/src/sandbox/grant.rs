@@ -133,6 +133,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_oci_services_learn_origins() {
+        let config = crate::config::Config::parse(
+            "services:\n  web:\n    url: http://127.0.0.1:8181\n  reg:\n    type: OCI\n    url: https://registry.example.com\n",
+            &|_| None,
+        )
+        .unwrap();
+        let grants: Vec<Grant> = config.services.iter().map(Grant::for_service).collect();
+        assert_eq!(grants[0].policy, OriginPolicy::Fixed);
+        assert_eq!(grants[1].policy, OriginPolicy::LearnRedirectsAndTokenRealms);
+        assert_eq!(
+            grants[1].describe(),
+            "origins: https://registry.example.com:443 (+ per fetch: redirect targets and token realms they name); files: none; env: none"
+        );
+    }
+
+    #[test]
     fn origin_normalises_default_ports_and_case() {
         assert_eq!(
             Origin::of_url("HTTP://Example.COM/x").unwrap(),
