@@ -60,5 +60,66 @@ ensure_nginx() {
   fi
 }
 
+# Distribution 2.8 (binary /usr/bin/docker-registry). The package's own
+# /etc/docker/registry/config.yml and its service are never used: the tests
+# write their own config listening on 127.0.0.1.
+ensure_docker_registry() {
+  if command -v docker-registry >/dev/null 2>&1; then
+    echo "docker-registry: found $(docker-registry --version 2>&1 | head -1)"
+  else
+    apt_install docker-registry
+    echo "docker-registry: installed $(docker-registry --version 2>&1 | head -1)"
+  fi
+}
+
+ensure_skopeo() {
+  if command -v skopeo >/dev/null 2>&1; then
+    echo "skopeo: found $(skopeo --version)"
+  else
+    apt_install skopeo
+    echo "skopeo: installed $(skopeo --version)"
+  fi
+}
+
+# htpasswd (bcrypt files for the registry's basic auth).
+ensure_htpasswd() {
+  if command -v htpasswd >/dev/null 2>&1; then
+    echo "htpasswd: found $(command -v htpasswd)"
+  else
+    apt_install apache2-utils
+    echo "htpasswd: installed $(command -v htpasswd)"
+  fi
+}
+
+ensure_openssl() {
+  if command -v openssl >/dev/null 2>&1; then
+    echo "openssl: found $(openssl version)"
+  else
+    apt_install openssl
+    echo "openssl: installed $(openssl version)"
+  fi
+}
+
+# PyPI `oras` (oras-py) in a venv of its own, reused across runs; the tests
+# run $POLHOST_VENV/bin/python (default ~/.cache/polhost/venv).
+ensure_oras() {
+  local venv=${POLHOST_VENV:-$HOME/.cache/polhost/venv}
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import oras.client' 2>/dev/null; then
+    echo "oras: found $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("oras"))') in $venv"
+    return
+  fi
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    apt_install python3-venv
+  fi
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check oras
+  echo "oras: installed $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("oras"))') in $venv"
+}
+
 ensure_curl
 ensure_nginx
+ensure_docker_registry
+ensure_skopeo
+ensure_htpasswd
+ensure_openssl
+ensure_oras

@@ -30,6 +30,7 @@ pub mod bindings {
     });
 }
 
+pub mod base64;
 pub mod config;
 pub mod error;
 pub mod http;

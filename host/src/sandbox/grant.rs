@@ -45,6 +45,22 @@ impl fmt::Display for Origin {
     }
 }
 
+/// Whether a fetch may reach origins it learns from the responses of its
+/// granted origins, and which.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OriginPolicy {
+    /// Only the granted origins, ever (the `http` fetcher: a redirect to
+    /// another origin is refused).
+    #[default]
+    Fixed,
+    /// Also, for the rest of one fetch, the origin of a `Location` in a 3xx
+    /// response and of the `realm` in a `WWW-Authenticate: Bearer`
+    /// challenge, when that response came from a granted origin (one hop:
+    /// a learned origin teaches nothing). Registries send blobs to CDNs and
+    /// clients to token services that no configuration names (`oci`).
+    LearnRedirectsAndTokenRealms,
+}
+
 /// What one service's fetcher may use. Shown by debug logs at start, so an
 /// operator can read the whole sandbox of a service in one line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,6 +69,8 @@ pub struct Grant {
     pub service: String,
     /// Origins outgoing requests may reach (the service URL's first).
     pub origins: Vec<Origin>,
+    /// Whether origins learned during a fetch are reachable too.
+    pub policy: OriginPolicy,
     /// Files `read-granted-file` may read (credential files the service's
     /// configuration names).
     pub files: Vec<PathBuf>,
@@ -69,6 +87,10 @@ impl Grant {
             ..Grant::default()
         };
         grant.origins.extend(Origin::of_url(&service.url));
+        grant.policy = match service.service_type.as_str() {
+            "oci" => OriginPolicy::LearnRedirectsAndTokenRealms,
+            _ => OriginPolicy::Fixed,
+        };
         if let Credentials::Bearer(bearer) = &service.credentials
             && let Some(path) = &bearer.token_path
         {
@@ -91,8 +113,14 @@ impl Grant {
                 items.join(", ")
             }
         };
+        let learned = match self.policy {
+            OriginPolicy::Fixed => "",
+            OriginPolicy::LearnRedirectsAndTokenRealms => {
+                " (+ per fetch: redirect targets and token realms they name)"
+            }
+        };
         format!(
-            "origins: {}; files: {}; env: {}",
+            "origins: {}{learned}; files: {}; env: {}",
             list(self.origins.iter().map(Origin::to_string).collect()),
             list(self.files.iter().map(|p| p.display().to_string()).collect()),
             list(self.env.clone()),
@@ -103,6 +131,22 @@ impl Grant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_oci_services_learn_origins() {
+        let config = crate::config::Config::parse(
+            "services:\n  web:\n    url: http://127.0.0.1:8181\n  reg:\n    type: OCI\n    url: https://registry.example.com\n",
+            &|_| None,
+        )
+        .unwrap();
+        let grants: Vec<Grant> = config.services.iter().map(Grant::for_service).collect();
+        assert_eq!(grants[0].policy, OriginPolicy::Fixed);
+        assert_eq!(grants[1].policy, OriginPolicy::LearnRedirectsAndTokenRealms);
+        assert_eq!(
+            grants[1].describe(),
+            "origins: https://registry.example.com:443 (+ per fetch: redirect targets and token realms they name); files: none; env: none"
+        );
+    }
 
     #[test]
     fn origin_normalises_default_ports_and_case() {

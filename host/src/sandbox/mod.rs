@@ -6,5 +6,5 @@
 mod grant;
 mod hooks;
 
-pub use grant::{Grant, Origin};
+pub use grant::{Grant, Origin, OriginPolicy};
 pub(crate) use hooks::{RequestLimits, SandboxHooks};

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod nginx;
+pub mod registry;
+pub mod token;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
