@@ -30,7 +30,9 @@ pub mod bindings {
     });
 }
 
+pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod log;
