@@ -74,6 +74,8 @@ impl Grant {
         {
             grant.files.push(path.clone());
         }
+        // What the service type's own credential methods need.
+        super::grants::extend(&mut grant, service);
         grant
     }
 
