@@ -9,5 +9,6 @@ mod bad_downloads;
 mod cli_config;
 mod http_fetcher;
 mod long_polling;
+mod s3;
 mod sandbox;
 mod sandbox_limits;

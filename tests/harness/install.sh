@@ -60,5 +60,33 @@ ensure_nginx() {
   fi
 }
 
+# The Python venv shared by the tests' Python tools (emulators, client
+# libraries): ~/.cache/polhost/venv unless POLHOST_VENV says otherwise.
+VENV=${POLHOST_VENV:-$HOME/.cache/polhost/venv}
+
+ensure_venv() {
+  if [ -x "$VENV/bin/python" ]; then
+    return
+  fi
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    apt_install python3 python3-venv
+  fi
+  mkdir -p "$(dirname "$VENV")"
+  python3 -m venv "$VENV"
+  echo "venv: created $VENV"
+}
+
+# moto's S3/IAM/STS server and boto3 (the s3 tests' uploads).
+ensure_moto() {
+  ensure_venv
+  if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import moto, boto3' 2>/dev/null; then
+    echo "moto: found $("$VENV/bin/python" -c 'import moto; print(moto.__version__)')"
+  else
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.2,<6' 'boto3>=1.34'
+    echo "moto: installed $("$VENV/bin/python" -c 'import moto; print(moto.__version__)')"
+  fi
+}
+
 ensure_curl
 ensure_nginx
+ensure_moto

@@ -4,6 +4,8 @@
 //! Shared process helpers live here; one submodule per server.
 #![allow(dead_code)]
 
+pub mod aws_imds;
+pub mod moto;
 pub mod nginx;
 
 use std::io;
