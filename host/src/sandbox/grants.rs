@@ -13,8 +13,10 @@ use crate::config::Service;
 
 /// Adds to `grant` what `service`'s credential method needs.
 pub(super) fn extend(grant: &mut Grant, service: &Service) {
-    if service.service_type.as_str() == "s3" {
-        s3(grant, &service.raw);
+    match service.service_type.as_str() {
+        "s3" => s3(grant, &service.raw),
+        "azure" => azure(grant, &service.raw),
+        _ => {}
     }
 }
 
@@ -147,6 +149,35 @@ fn s3(grant: &mut Grant, raw: &Value) {
     }
 }
 
+/// The token endpoint OPA uses for `azure_managed_identity`.
+const AZURE_IMDS: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+
+/// `azure_managed_identity`: the token endpoint's origin (`endpoint`, else
+/// App Service's `IDENTITY_ENDPOINT` with `IDENTITY_HEADER`, else IMDS);
+/// `azure_sas.token_path`: that file. SharedKey needs nothing: the key is
+/// in the service's own configuration.
+fn azure(grant: &mut Grant, raw: &Value) {
+    let Some(credentials) = raw.get("credentials") else {
+        return;
+    };
+    if let Some(path) = text(credentials, &["azure_sas", "token_path"]) {
+        file(grant, PathBuf::from(path));
+    }
+    if present(credentials, &["azure_managed_identity"]) {
+        match text(credentials, &["azure_managed_identity", "endpoint"]) {
+            Some(endpoint) => origin(grant, endpoint),
+            None => {
+                env_var(grant, "IDENTITY_ENDPOINT");
+                env_var(grant, "IDENTITY_HEADER");
+                match env::var("IDENTITY_ENDPOINT") {
+                    Ok(endpoint) if !endpoint.is_empty() => origin(grant, &endpoint),
+                    _ => origin(grant, AZURE_IMDS),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +238,26 @@ mod tests {
             [Origin::of_url("https://sts.eu-west-1.amazonaws.com.cn").unwrap()]
         );
         assert_eq!(grant.env, ["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"]);
+    }
+
+    #[test]
+    fn azure_managed_identity_grants_the_configured_token_endpoint_only() {
+        let mut grant = Grant::default();
+        azure(
+            &mut grant,
+            &serde_json::json!({"credentials": {"azure_managed_identity": {
+                "endpoint": "http://127.0.0.1:9/metadata/identity/oauth2/token"}}}),
+        );
+        assert_eq!(
+            grant.origins,
+            [Origin::of_url("http://127.0.0.1:9").unwrap()]
+        );
+        assert!(grant.env.is_empty() && grant.files.is_empty());
+        let mut grant = Grant::default();
+        azure(
+            &mut grant,
+            &serde_json::json!({"credentials": {"azure_shared_key": {"account_key": "k"}}}),
+        );
+        assert_eq!(grant, Grant::default());
     }
 }
