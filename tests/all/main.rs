@@ -5,6 +5,7 @@
 mod harness;
 mod support;
 
+mod azure;
 mod bad_downloads;
 mod cli_config;
 mod http_fetcher;

@@ -87,6 +87,29 @@ ensure_moto() {
   fi
 }
 
+# azurite (npm, its azurite-blob server) and azure-storage-blob (the azure
+# tests' uploads and SAS tokens).
+NODE_PREFIX=${POLHOST_NODE_PREFIX:-$HOME/.cache/polhost/node}
+
+ensure_azurite() {
+  ensure_venv
+  if [ -x "$NODE_PREFIX/node_modules/.bin/azurite-blob" ]; then
+    echo "azurite: found $(cd "$NODE_PREFIX" && node -p 'require("azurite/package.json").version')"
+  else
+    if ! command -v npm >/dev/null 2>&1; then
+      apt_install nodejs npm
+    fi
+    mkdir -p "$NODE_PREFIX"
+    (cd "$NODE_PREFIX" && npm install --no-audit --no-fund --silent 'azurite@^3.35')
+    echo "azurite: installed $(cd "$NODE_PREFIX" && node -p 'require("azurite/package.json").version')"
+  fi
+  if ! "$VENV/bin/python" -c 'import azure.storage.blob' 2>/dev/null; then
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'azure-storage-blob>=12.19'
+    echo "azure-storage-blob: installed"
+  fi
+}
+
 ensure_curl
 ensure_nginx
 ensure_moto
+ensure_azurite

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod aws_imds;
+pub mod azure_identity;
+pub mod azurite;
 pub mod moto;
 pub mod nginx;
 
