@@ -12,6 +12,7 @@ const FETCHERS: &[(&str, &str)] = &[
     ("http", "fetcher-http"),
     ("s3", "fetcher-s3"),
     ("azure", "fetcher-azure"),
+    ("gcs", "fetcher-gcs"),
 ];
 
 /// Hostile components for the sandbox tests: built with the rest, never

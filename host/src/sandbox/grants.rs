@@ -16,6 +16,7 @@ pub(super) fn extend(grant: &mut Grant, service: &Service) {
     match service.service_type.as_str() {
         "s3" => s3(grant, &service.raw),
         "azure" => azure(grant, &service.raw),
+        "gcs" => gcs(grant, &service.raw),
         _ => {}
     }
 }
@@ -178,6 +179,34 @@ fn azure(grant: &mut Grant, raw: &Value) {
     }
 }
 
+/// The metadata server OPA's `gcp_metadata` asks, and the token endpoint
+/// polhost's `gcp_service_account` exchanges its JWT at, by default.
+const GCP_METADATA: &str = "http://metadata.google.internal";
+const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// `gcp_metadata`: the metadata server's origin (`endpoint`);
+/// `gcp_service_account`: the key file and the token endpoint's origin.
+fn gcs(grant: &mut Grant, raw: &Value) {
+    let Some(credentials) = raw.get("credentials") else {
+        return;
+    };
+    if present(credentials, &["gcp_metadata"]) {
+        origin(
+            grant,
+            text(credentials, &["gcp_metadata", "endpoint"]).unwrap_or(GCP_METADATA),
+        );
+    }
+    if present(credentials, &["gcp_service_account"]) {
+        if let Some(path) = text(credentials, &["gcp_service_account", "key_path"]) {
+            file(grant, PathBuf::from(path));
+        }
+        origin(
+            grant,
+            text(credentials, &["gcp_service_account", "token_url"]).unwrap_or(GOOGLE_TOKEN_URL),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +288,23 @@ mod tests {
             &serde_json::json!({"credentials": {"azure_shared_key": {"account_key": "k"}}}),
         );
         assert_eq!(grant, Grant::default());
+    }
+
+    #[test]
+    fn gcs_grants_the_metadata_server_or_the_key_file_and_token_endpoint() {
+        let mut grant = Grant::default();
+        gcs(
+            &mut grant,
+            &serde_json::json!({"credentials": {"gcp_metadata": {"scopes": ["s"]}}}),
+        );
+        assert_eq!(grant.origins, [Origin::of_url(GCP_METADATA).unwrap()]);
+        let mut grant = Grant::default();
+        gcs(
+            &mut grant,
+            &serde_json::json!({"credentials": {"gcp_service_account": {"key_path": "/k.json"}}}),
+        );
+        assert_eq!(grant.files, [PathBuf::from("/k.json")]);
+        assert_eq!(grant.origins, [Origin::of_url(GOOGLE_TOKEN_URL).unwrap()]);
+        assert!(grant.env.is_empty());
     }
 }
