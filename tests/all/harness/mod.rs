@@ -7,6 +7,8 @@
 pub mod aws_imds;
 pub mod azure_identity;
 pub mod azurite;
+pub mod fake_gcs;
+pub mod gcp_identity;
 pub mod moto;
 pub mod nginx;
 
