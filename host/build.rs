@@ -8,7 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Each standard fetcher: (service type, guest crate).
-const FETCHERS: &[(&str, &str)] = &[("http", "fetcher-http"), ("oci", "fetcher-oci")];
+const FETCHERS: &[(&str, &str)] = &[
+    ("http", "fetcher-http"),
+    ("oci", "fetcher-oci"),
+    ("s3", "fetcher-s3"),
+    ("azure", "fetcher-azure"),
+    ("gcs", "fetcher-gcs"),
+];
 
 /// Hostile components for the sandbox tests: built with the rest, never
 /// embedded; their paths reach the tests as `POLHOST_FIXTURE_<NAME>_WASM`.

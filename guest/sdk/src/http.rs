@@ -34,17 +34,25 @@ pub struct Request {
     /// How long to wait for the response headers, if the fetcher wants to
     /// bound it (the host bounds it anyway).
     pub first_byte_timeout_ms: Option<u64>,
+    /// The request body: small documents only (a token request, a form).
+    pub body: Vec<u8>,
 }
 
 impl Request {
     /// A GET of `url` with no headers yet.
     pub fn get(url: Url) -> Request {
+        Request::new(Method::Get, url)
+    }
+
+    /// A request with `method` to `url`, no headers and no body yet.
+    pub fn new(method: Method, url: Url) -> Request {
         Request {
-            method: Method::Get,
+            method,
             url,
             headers: Vec::new(),
             origin_headers: Vec::new(),
             first_byte_timeout_ms: None,
+            body: Vec::new(),
         }
     }
 
@@ -197,6 +205,13 @@ fn send_once(request: &Request, url: &Url, same_origin: bool) -> Result<Response
                 .map(|(n, v)| (n.clone(), v.as_bytes().to_vec())),
         );
     }
+    if !request.body.is_empty() {
+        // A declared length: some servers do not read chunked request bodies.
+        headers.push((
+            "Content-Length".to_string(),
+            request.body.len().to_string().into_bytes(),
+        ));
+    }
     // The header's name only: values may be credentials.
     let fields = Fields::from_list(&headers).map_err(|e| {
         FetchError::invalid_config(format!("{}: a header is not allowed: {e:?}", describe()))
@@ -230,6 +245,16 @@ fn send_once(request: &Request, url: &Url, same_origin: bool) -> Result<Response
     }
     let future = outgoing_handler::handle(outgoing, Some(options))
         .map_err(|code| error_code(&describe(), code))?;
+    // The body is written after `handle`: written before, it would wait for
+    // a reader once it outgrows the host's buffer.
+    if !request.body.is_empty() {
+        write_body(&body, &request.body).map_err(|e| {
+            FetchError::transient(format!(
+                "{}: sending the request body failed: {e}",
+                describe()
+            ))
+        })?;
+    }
     OutgoingBody::finish(body, None).map_err(|code| error_code(&describe(), code))?;
     future.subscribe().block();
     let response = match future.get() {
@@ -251,6 +276,24 @@ fn send_once(request: &Request, url: &Url, same_origin: bool) -> Result<Response
         body: None,
         _response: response,
     })
+}
+
+/// Writes all of `data` into an outgoing body (its stream dropped before
+/// the body is finished, as wasi:http requires).
+fn write_body(body: &OutgoingBody, data: &[u8]) -> Result<(), String> {
+    let stream = body
+        .write()
+        .map_err(|()| "body stream already taken".to_string())?;
+    for chunk in data.chunks(4096) {
+        stream
+            .blocking_write_and_flush(chunk)
+            .map_err(|e| match e {
+                StreamError::Closed => "stream closed".to_string(),
+                StreamError::LastOperationFailed(e) => e.to_debug_string(),
+            })?;
+    }
+    drop(stream);
+    Ok(())
 }
 
 /// Turns a wasi:http error into a fetch error naming the request.

@@ -31,7 +31,9 @@ pub mod bindings {
 }
 
 pub mod base64;
+pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod log;

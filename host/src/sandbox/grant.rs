@@ -96,6 +96,8 @@ impl Grant {
         {
             grant.files.push(path.clone());
         }
+        // What the service type's own credential methods need.
+        super::grants::extend(&mut grant, service);
         grant
     }
 

@@ -4,6 +4,7 @@
 //! Owns the policy only; the runtime decides how to apply it to a store.
 
 mod grant;
+mod grants;
 mod hooks;
 
 pub use grant::{Grant, Origin, OriginPolicy};

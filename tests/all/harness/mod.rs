@@ -4,6 +4,12 @@
 //! Shared process helpers live here; one submodule per server.
 #![allow(dead_code)]
 
+pub mod aws_imds;
+pub mod azure_identity;
+pub mod azurite;
+pub mod fake_gcs;
+pub mod gcp_identity;
+pub mod moto;
 pub mod nginx;
 pub mod registry;
 pub mod token;

@@ -1,0 +1,310 @@
+//! What each standard fetcher's credential methods need beyond the service
+//! URL, derived from the service's configuration: one function per service
+//! type. It only adds origins, files and environment variables a configured
+//! method names (least privilege); it never reads a secret's value.
+
+use std::env;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::grant::{Grant, Origin};
+use crate::config::Service;
+
+/// Adds to `grant` what `service`'s credential method needs.
+pub(super) fn extend(grant: &mut Grant, service: &Service) {
+    match service.service_type.as_str() {
+        "s3" => s3(grant, &service.raw),
+        "azure" => azure(grant, &service.raw),
+        "gcs" => gcs(grant, &service.raw),
+        _ => {}
+    }
+}
+
+/// The string at a path of keys, if it is a non-empty string.
+fn text<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn present(value: &Value, path: &[&str]) -> bool {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .is_some_and(|v| !v.is_null())
+}
+
+fn env_var(grant: &mut Grant, name: &str) {
+    if !grant.env.iter().any(|n| n == name) {
+        grant.env.push(name.to_string());
+    }
+}
+
+fn file(grant: &mut Grant, path: PathBuf) {
+    if !grant.files.contains(&path) {
+        grant.files.push(path);
+    }
+}
+
+fn origin(grant: &mut Grant, url: &str) {
+    if let Some(origin) = Origin::of_url(url)
+        && !grant.origins.contains(&origin)
+    {
+        grant.origins.push(origin);
+    }
+}
+
+/// The IMDS address OPA uses (polhost adds `metadata_credentials.endpoint`).
+const AWS_IMDS: &str = "http://169.254.169.254";
+
+/// `credentials.s3_signing`: each configured provider of OPA's chain gets
+/// what it reads (see docs/s3.md).
+fn s3(grant: &mut Grant, raw: &Value) {
+    let Some(signing) = raw.get("credentials").and_then(|c| c.get("s3_signing")) else {
+        return;
+    };
+    // A provider's region falls back to AWS_REGION.
+    let region_env = |grant: &mut Grant, provider: &str| {
+        if text(signing, &[provider, "aws_region"]).is_none() {
+            env_var(grant, "AWS_REGION");
+        }
+    };
+    if present(signing, &["environment_credentials"]) {
+        for name in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_REGION",
+        ] {
+            env_var(grant, name);
+        }
+    }
+    if present(signing, &["web_identity_credentials"]) {
+        let provider = "web_identity_credentials";
+        env_var(grant, "AWS_ROLE_ARN");
+        env_var(grant, "AWS_WEB_IDENTITY_TOKEN_FILE");
+        region_env(grant, provider);
+        if let Ok(token_file) = env::var("AWS_WEB_IDENTITY_TOKEN_FILE")
+            && !token_file.is_empty()
+        {
+            file(grant, PathBuf::from(token_file));
+        }
+        match text(signing, &[provider, "endpoint"]) {
+            Some(endpoint) => origin(grant, endpoint),
+            None => {
+                if text(signing, &[provider, "aws_domain"]).is_none() {
+                    env_var(grant, "AWS_DOMAIN");
+                }
+                let region = text(signing, &[provider, "aws_region"])
+                    .map(str::to_string)
+                    .or_else(|| env::var("AWS_REGION").ok());
+                let domain = text(signing, &[provider, "aws_domain"])
+                    .map(str::to_string)
+                    .or_else(|| env::var("AWS_DOMAIN").ok().filter(|d| !d.is_empty()))
+                    .unwrap_or_else(|| "amazonaws.com".to_string());
+                if let Some(region) = region.filter(|r| !r.is_empty()) {
+                    origin(
+                        grant,
+                        &format!(
+                            "https://sts.{}.{}",
+                            region.to_ascii_lowercase(),
+                            domain.to_ascii_lowercase()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if present(signing, &["profile_credentials"]) {
+        let provider = "profile_credentials";
+        region_env(grant, provider);
+        if text(signing, &[provider, "profile"]).is_none() {
+            env_var(grant, "AWS_PROFILE");
+        }
+        let path = match text(signing, &[provider, "path"]) {
+            Some(path) => Some(PathBuf::from(path)),
+            None => {
+                // The guest has no HOME of its own: grant the values it
+                // needs to name the default file, and that file.
+                env_var(grant, "AWS_SHARED_CREDENTIALS_FILE");
+                env_var(grant, "HOME");
+                match env::var("AWS_SHARED_CREDENTIALS_FILE") {
+                    Ok(path) if !path.is_empty() => Some(PathBuf::from(path)),
+                    _ => env::var("HOME").ok().map(|home| {
+                        PathBuf::from(format!("{}/.aws/credentials", home.trim_end_matches('/')))
+                    }),
+                }
+            }
+        };
+        if let Some(path) = path {
+            file(grant, path);
+        }
+    }
+    if present(signing, &["metadata_credentials"]) {
+        let provider = "metadata_credentials";
+        region_env(grant, provider);
+        let endpoint = text(signing, &[provider, "endpoint"]).unwrap_or(AWS_IMDS);
+        origin(grant, endpoint);
+    }
+}
+
+/// The token endpoint OPA uses for `azure_managed_identity`.
+const AZURE_IMDS: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+
+/// `azure_managed_identity`: the token endpoint's origin (`endpoint`, else
+/// App Service's `IDENTITY_ENDPOINT` with `IDENTITY_HEADER`, else IMDS);
+/// `azure_sas.token_path`: that file. SharedKey needs nothing: the key is
+/// in the service's own configuration.
+fn azure(grant: &mut Grant, raw: &Value) {
+    let Some(credentials) = raw.get("credentials") else {
+        return;
+    };
+    if let Some(path) = text(credentials, &["azure_sas", "token_path"]) {
+        file(grant, PathBuf::from(path));
+    }
+    if present(credentials, &["azure_managed_identity"]) {
+        match text(credentials, &["azure_managed_identity", "endpoint"]) {
+            Some(endpoint) => origin(grant, endpoint),
+            None => {
+                env_var(grant, "IDENTITY_ENDPOINT");
+                env_var(grant, "IDENTITY_HEADER");
+                match env::var("IDENTITY_ENDPOINT") {
+                    Ok(endpoint) if !endpoint.is_empty() => origin(grant, &endpoint),
+                    _ => origin(grant, AZURE_IMDS),
+                }
+            }
+        }
+    }
+}
+
+/// The metadata server OPA's `gcp_metadata` asks, and the token endpoint
+/// polhost's `gcp_service_account` exchanges its JWT at, by default.
+const GCP_METADATA: &str = "http://metadata.google.internal";
+const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// `gcp_metadata`: the metadata server's origin (`endpoint`);
+/// `gcp_service_account`: the key file and the token endpoint's origin.
+fn gcs(grant: &mut Grant, raw: &Value) {
+    let Some(credentials) = raw.get("credentials") else {
+        return;
+    };
+    if present(credentials, &["gcp_metadata"]) {
+        origin(
+            grant,
+            text(credentials, &["gcp_metadata", "endpoint"]).unwrap_or(GCP_METADATA),
+        );
+    }
+    if present(credentials, &["gcp_service_account"]) {
+        if let Some(path) = text(credentials, &["gcp_service_account", "key_path"]) {
+            file(grant, PathBuf::from(path));
+        }
+        origin(
+            grant,
+            text(credentials, &["gcp_service_account", "token_url"]).unwrap_or(GOOGLE_TOKEN_URL),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3_grant(signing: Value) -> Grant {
+        let mut grant = Grant::default();
+        s3(
+            &mut grant,
+            &serde_json::json!({"credentials": {"s3_signing": signing}}),
+        );
+        grant
+    }
+
+    #[test]
+    fn s3_environment_grants_the_aws_variables_only() {
+        let grant = s3_grant(serde_json::json!({"environment_credentials": {}}));
+        assert_eq!(
+            grant.env,
+            [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+                "AWS_SECURITY_TOKEN",
+                "AWS_REGION"
+            ]
+        );
+        assert!(grant.files.is_empty() && grant.origins.is_empty());
+    }
+
+    #[test]
+    fn s3_profile_with_path_grants_that_file() {
+        let grant = s3_grant(serde_json::json!({"profile_credentials": {
+            "path": "/etc/aws/creds", "profile": "p", "aws_region": "eu-west-1"}}));
+        assert_eq!(grant.files, [PathBuf::from("/etc/aws/creds")]);
+        assert!(grant.env.is_empty() && grant.origins.is_empty());
+    }
+
+    #[test]
+    fn s3_metadata_grants_imds_or_the_configured_endpoint() {
+        let grant = s3_grant(serde_json::json!({"metadata_credentials": {"iam_role": "r"}}));
+        assert_eq!(grant.origins, [Origin::of_url(AWS_IMDS).unwrap()]);
+        assert_eq!(grant.env, ["AWS_REGION"]);
+        let grant = s3_grant(serde_json::json!({"metadata_credentials": {
+            "iam_role": "r", "aws_region": "x", "endpoint": "http://127.0.0.1:1234"}}));
+        assert_eq!(
+            grant.origins,
+            [Origin::of_url("http://127.0.0.1:1234").unwrap()]
+        );
+        assert!(grant.env.is_empty());
+    }
+
+    #[test]
+    fn s3_web_identity_grants_the_regional_sts_origin() {
+        let grant = s3_grant(serde_json::json!({"web_identity_credentials": {
+            "aws_region": "EU-West-1", "aws_domain": "amazonaws.com.cn"}}));
+        assert_eq!(
+            grant.origins,
+            [Origin::of_url("https://sts.eu-west-1.amazonaws.com.cn").unwrap()]
+        );
+        assert_eq!(grant.env, ["AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"]);
+    }
+
+    #[test]
+    fn azure_managed_identity_grants_the_configured_token_endpoint_only() {
+        let mut grant = Grant::default();
+        azure(
+            &mut grant,
+            &serde_json::json!({"credentials": {"azure_managed_identity": {
+                "endpoint": "http://127.0.0.1:9/metadata/identity/oauth2/token"}}}),
+        );
+        assert_eq!(
+            grant.origins,
+            [Origin::of_url("http://127.0.0.1:9").unwrap()]
+        );
+        assert!(grant.env.is_empty() && grant.files.is_empty());
+        let mut grant = Grant::default();
+        azure(
+            &mut grant,
+            &serde_json::json!({"credentials": {"azure_shared_key": {"account_key": "k"}}}),
+        );
+        assert_eq!(grant, Grant::default());
+    }
+
+    #[test]
+    fn gcs_grants_the_metadata_server_or_the_key_file_and_token_endpoint() {
+        let mut grant = Grant::default();
+        gcs(
+            &mut grant,
+            &serde_json::json!({"credentials": {"gcp_metadata": {"scopes": ["s"]}}}),
+        );
+        assert_eq!(grant.origins, [Origin::of_url(GCP_METADATA).unwrap()]);
+        let mut grant = Grant::default();
+        gcs(
+            &mut grant,
+            &serde_json::json!({"credentials": {"gcp_service_account": {"key_path": "/k.json"}}}),
+        );
+        assert_eq!(grant.files, [PathBuf::from("/k.json")]);
+        assert_eq!(grant.origins, [Origin::of_url(GOOGLE_TOKEN_URL).unwrap()]);
+        assert!(grant.env.is_empty());
+    }
+}
