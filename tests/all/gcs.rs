@@ -6,8 +6,8 @@ use std::fs;
 
 use crate::harness::fake_gcs::FakeGcs;
 use crate::harness::gcp_identity::GcpIdentity;
-use crate::harness::moto::python;
 use crate::harness::nginx::{Nginx, NginxOptions};
+use crate::harness::python;
 use crate::support::*;
 
 const BUCKET: &str = "bundles";

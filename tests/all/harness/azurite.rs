@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::moto::python;
+use super::python;
 use super::{free_port, port_open, spawn_tied, terminate};
 
 /// The development account every azurite has.

@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::moto::{python, venv_bin};
 use super::{free_port, port_open, spawn_tied, terminate};
+use super::{python, venv_bin};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const PORT_ATTEMPTS: usize = 5;

@@ -118,3 +118,41 @@ pub fn terminate(child: &mut Child, signal: libc::c_int, grace: Duration) {
     unsafe { libc::kill(-pid, libc::SIGKILL) };
     let _ = child.wait();
 }
+
+// The Python venv `tests/harness/install.sh` fills, shared by every server
+// and client library the tests drive from Python.
+
+/// The venv `tests/harness/install.sh` fills (`POLHOST_VENV` overrides).
+pub fn venv_bin(name: &str) -> std::path::PathBuf {
+    let venv = std::env::var_os("POLHOST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/polhost/venv")
+        });
+    venv.join("bin").join(name)
+}
+
+/// A script under `tests/fixtures`.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+/// Runs the venv's python on a fixture script; panics with its output on
+/// failure, returns its stdout.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(venv_bin("python"))
+        .arg(fixture(script))
+        .args(args)
+        .output()
+        .expect("running the venv's python (run tests/harness/install.sh)");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

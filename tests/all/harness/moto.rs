@@ -21,43 +21,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{free_port, port_open, spawn_tied, terminate};
+use super::{python, venv_bin};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const PORT_ATTEMPTS: usize = 5;
-
-/// The venv `tests/harness/install.sh` fills (`POLHOST_VENV` overrides).
-pub fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("POLHOST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/polhost/venv")
-        });
-    venv.join("bin").join(name)
-}
-
-/// A script under `tests/fixtures`.
-pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
-
-/// Runs the venv's python on a fixture script; panics with its output on
-/// failure, returns its stdout.
-pub fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new(venv_bin("python"))
-        .arg(fixture(script))
-        .args(args)
-        .output()
-        .expect("running the venv's python (run tests/harness/install.sh)");
-    assert!(
-        out.status.success(),
-        "{script} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// An IAM access key moto knows.
 #[derive(Clone, Debug)]

@@ -498,12 +498,7 @@ pub fn skopeo_copy(
 
 /// The python of the venv `tests/harness/install.sh` puts oras-py in.
 pub fn oras_python() -> PathBuf {
-    let venv = std::env::var_os("POLHOST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/polhost/venv")
-        });
-    let python = venv.join("bin/python");
+    let python = super::venv_bin("python");
     assert!(
         python.is_file(),
         "oras-py is not installed ({} missing): run tests/harness/install.sh",
