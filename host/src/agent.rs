@@ -111,7 +111,8 @@ impl Agent {
     /// Loads the fetcher of every configured service type (refusing a type
     /// polhost has no fetcher for) and prepares the bundles' directories.
     pub fn new(config: Config, limits: Limits) -> Result<Agent, AgentError> {
-        let runtime = Runtime::new(limits)?;
+        let runtime = Runtime::new(limits)?
+            .with_component_cache(component_cache_dir(&config.persistence_directory));
         let mut fetchers = HashMap::new();
         // Only services a bundle uses need a fetcher: a service kept for
         // something polhost does not do (decision logs, say) is no error.
@@ -444,6 +445,21 @@ impl Shared {
     }
 }
 
+/// Where compiled fetchers are cached: the user's cache directory
+/// (`$XDG_CACHE_HOME/polhost/components`, else `~/.cache/...`), shared by
+/// every configuration; without one (a service with no home), inside the
+/// persistence directory.
+fn component_cache_dir(persistence_directory: &Path) -> PathBuf {
+    let user_cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")));
+    match user_cache {
+        Some(dir) => dir.join("polhost/components"),
+        None => persistence_directory.join(".cache/components"),
+    }
+}
+
 /// Validates a bundle file, returning what it holds, its SHA-256 and size.
 fn validate_file(
     path: &Path,
@@ -453,6 +469,6 @@ fn validate_file(
     let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
     let summary = bundle::validate(&mut reader, limits)?;
     reader.drain().map_err(BundleError::Io)?;
-    let (sha256, size, _) = reader.finish();
+    let (sha256, size) = reader.finish();
     Ok((summary, sha256, size))
 }

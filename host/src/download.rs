@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 
 use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits};
 use crate::config;
-use crate::digest::HashingReader;
 use crate::runtime::{
     self, BundleSink, ErrorKind, FetchOutcome, FetcherComponent, ResponseInfo, Runtime,
     RuntimeError, SinkFailure, SinkFailureSlot,
@@ -239,59 +238,88 @@ enum Consumed {
 
 type ConsumedBundle = (NamedTempFile, BundleSummary, String, u64);
 
-/// Reads the chunks as they arrive: writes, hashes and validates them.
+/// Reads the chunks as they arrive and validates them, while a second
+/// thread writes and hashes the same chunks: inflating is the slowest step,
+/// so it gets a core of its own instead of taking turns with SHA-256 and
+/// the writes.
 fn consume(
     rx: mpsc::Receiver<Bytes>,
     file: NamedTempFile,
     limits: ValidationLimits,
 ) -> Result<ConsumedBundle, Consumed> {
+    let (to_writer, writer_rx) = std::sync::mpsc::sync_channel(CHANNEL_CHUNKS);
+    let writer = std::thread::Builder::new()
+        .name("polhost-bundle-writer".into())
+        .spawn(move || write_and_hash(writer_rx, file))
+        .map_err(Consumed::Io)?;
     let mut input = ChannelReader {
         rx,
         chunk: Bytes::new(),
         ended: false,
+        copy_to: Some(to_writer),
     };
-    let writer = BufWriter::with_capacity(1 << 20, file);
-    let mut tee = HashingReader::tee(&mut input, writer);
-    let summary = bundle::validate(&mut tee, limits);
-    let summary = match summary {
+    let validated = bundle::validate(&mut input, limits).and_then(|summary| {
+        // Whatever follows the archive is part of the file and its digest.
+        io::copy(&mut input, &mut io::sink()).map_err(BundleError::Io)?;
+        Ok(summary)
+    });
+    let ended = input.ended;
+    // Closing the copy lets the writer finish.
+    drop(input);
+    let written = writer
+        .join()
+        .map_err(|_| Consumed::Io(io::Error::other("the bundle writer thread panicked")))?;
+    let summary = match validated {
         Ok(summary) => summary,
         Err(BundleError::Io(e)) => return Err(Consumed::Io(e)),
-        Err(e) => {
-            let ended = tee_ended(&tee);
-            return Err(if ended {
-                Consumed::Incomplete(e)
-            } else {
-                Consumed::Refused(e)
-            });
-        }
+        Err(e) if ended => return Err(Consumed::Incomplete(e)),
+        Err(e) => return Err(Consumed::Refused(e)),
     };
-    tee.drain().map_err(Consumed::Io)?;
-    let (sha256, size, writer) = tee.finish();
-    let mut file = writer
-        .into_inner()
-        .map_err(|e| Consumed::Io(e.into_error()))?;
-    file.flush().map_err(Consumed::Io)?;
-    file.as_file().sync_all().map_err(Consumed::Io)?;
+    let (file, sha256, size) = written.map_err(Consumed::Io)?;
     Ok((file, summary, sha256, size))
 }
 
-fn tee_ended<W: Write>(tee: &HashingReader<&mut ChannelReader, W>) -> bool {
-    tee.inner_ref().ended
+/// Writes the chunks to the temp file and hashes them; fsyncs at the end.
+fn write_and_hash(
+    chunks: std::sync::mpsc::Receiver<Bytes>,
+    file: NamedTempFile,
+) -> io::Result<(NamedTempFile, String, u64)> {
+    use sha2::{Digest, Sha256};
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    for chunk in chunks {
+        hasher.update(&chunk);
+        writer.write_all(&chunk)?;
+        size += chunk.len() as u64;
+    }
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.as_file().sync_all()?;
+    Ok((file, hex::encode(hasher.finalize()), size))
 }
 
-/// Reads the chunks of a channel as one byte stream; ends when every
-/// sender is gone.
+/// Reads the chunks of a channel as one byte stream, handing each chunk to
+/// `copy_to` as it is taken; ends when every sender is gone.
 struct ChannelReader {
     rx: mpsc::Receiver<Bytes>,
     chunk: Bytes,
     ended: bool,
+    copy_to: Option<std::sync::mpsc::SyncSender<Bytes>>,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.chunk.is_empty() {
             match self.rx.blocking_recv() {
-                Some(chunk) => self.chunk = chunk,
+                Some(chunk) => {
+                    if let Some(copy_to) = &self.copy_to
+                        && copy_to.send(chunk.clone()).is_err()
+                    {
+                        // The writer stopped: it reports why when joined.
+                        return Err(io::Error::other("the bundle writer stopped"));
+                    }
+                    self.chunk = chunk;
+                }
                 None => {
                     self.ended = true;
                     return Ok(0);

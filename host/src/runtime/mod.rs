@@ -6,9 +6,11 @@
 //! protocol and nothing about what happens to the bytes a fetcher writes.
 
 mod bindings;
+mod cache;
 mod sink;
 mod state;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -96,6 +98,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<FetchState>,
     limits: Limits,
+    cache: Option<cache::ComponentCache>,
     _ticker: EpochTicker,
 }
 
@@ -114,7 +117,15 @@ impl Runtime {
             engine,
             linker,
             limits,
+            cache: None,
         })
+    }
+
+    /// Keeps compiled components in `dir` (created 0700), so a restart
+    /// does not compile them again.
+    pub fn with_component_cache(mut self, dir: PathBuf) -> Runtime {
+        self.cache = Some(cache::ComponentCache::new(dir));
+        self
     }
 
     /// The limits every fetch runs under.
@@ -129,7 +140,11 @@ impl Runtime {
             fetcher: fetcher.to_string(),
             message: format!("{e:#}"),
         };
-        let component = Component::new(&self.engine, wasm).map_err(invalid)?;
+        let component = match &self.cache {
+            Some(cache) => cache.load(&self.engine, wasm),
+            None => Component::new(&self.engine, wasm),
+        }
+        .map_err(invalid)?;
         for (import, _) in component.component_type().imports(&self.engine) {
             if !ALLOWED_IMPORTS.iter().any(|p| import.starts_with(p)) {
                 return Err(RuntimeError::ForbiddenImport {
