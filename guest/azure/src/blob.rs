@@ -2,51 +2,8 @@
 //! once, and the account / container / blob it names (for messages and
 //! for SharedKey's canonicalized resource).
 
-use polhost_fetcher::FetchError;
 use polhost_fetcher::url::Url;
-
-/// Percent-encodes every byte but the unreserved characters (`/` kept when
-/// `keep_slash`).
-fn encode(text: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'_' | b'.' | b'~')
-            || (keep_slash && b == b'/')
-        {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// A query parameter value, encoded.
-pub fn query_encode(text: &str) -> String {
-    encode(text, false)
-}
-
-/// Decodes `%XX` escapes (invalid ones kept as written).
-pub fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use polhost_fetcher::{FetchError, percent};
 
 /// The blob's URL: OPA's join, the path decoded and encoded again so that
 /// the path sent is the path signed. A query in the service URL is refused:
@@ -58,7 +15,7 @@ pub fn blob_url(service_url: &str, resource: &str) -> Result<Url, FetchError> {
             "{url}: the service url and resource must not carry a query; put a SAS token in credentials.azure_sas.token"
         )));
     }
-    url.path_and_query = encode(&percent_decode(&url.path_and_query), true);
+    url.path_and_query = percent::encode(&percent::decode(&url.path_and_query), true);
     Ok(url)
 }
 
@@ -74,7 +31,7 @@ pub struct Blob {
 impl Blob {
     pub fn of(url: &Url) -> Blob {
         let path = url.path_and_query.split('?').next().unwrap_or("/");
-        let path = percent_decode(path.trim_start_matches('/'));
+        let path = percent::decode(path.trim_start_matches('/'));
         let host = url.authority.split(':').next().unwrap_or("");
         let (account, rest) = match host.split_once('.') {
             Some((account, domain)) if domain.starts_with("blob.") => {
@@ -102,21 +59,6 @@ impl std::fmt::Display for Blob {
             self.container, self.blob, self.account
         )
     }
-}
-
-/// The text inside the first `<tag>...</tag>` (Azure's XML error bodies).
-pub fn xml_text(xml: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = xml[start..].find(&format!("</{tag}>"))? + start;
-    Some(
-        xml[start..end]
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&"),
-    )
 }
 
 #[cfg(test)]

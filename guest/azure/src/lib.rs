@@ -20,12 +20,12 @@ pub mod shared_key;
 use polhost_fetcher::bindings::polhost::fetcher::host;
 use polhost_fetcher::clock::{Utc, now_unix};
 use polhost_fetcher::config::ServiceConfig;
-use polhost_fetcher::crypto::base64_decode;
 use polhost_fetcher::http::{self, Request};
 use polhost_fetcher::url::Url;
 use polhost_fetcher::{
-    BundleRequest, FetchError, FetchOutcome, Fetcher, OutputStream, ResponseInfo, Service, log,
+    BundleRequest, FetchError, FetchOutcome, Fetcher, OutputStream, Service, log,
 };
+use polhost_fetcher::{base64, percent, xml};
 
 use blob::Blob;
 
@@ -100,42 +100,29 @@ impl Fetcher for AzureFetcher {
         request.origin_headers.extend(request_headers);
 
         let response = http::send(&request)?;
-        let info = ResponseInfo {
-            etag: response.header("etag"),
-            digest: None,
-            media_type: response.header("content-type"),
-            long_polling: false,
+        let response = match response.into_bundle_outcome(body, bundle.etag, false)? {
+            Ok(outcome) => return Ok(outcome),
+            Err(failed) => failed,
         };
-        match response.status {
-            200 => {
-                response.stream_into(body)?;
-                Ok(FetchOutcome::Fetched(info))
-            }
-            304 => Ok(FetchOutcome::NotModified(ResponseInfo {
-                etag: info.etag.or(bundle.etag),
-                ..info
-            })),
-            status => {
-                let header_code = response.header("x-ms-error-code");
-                let text = response.error_text();
-                let code = header_code
-                    .or_else(|| blob::xml_text(&text, "Code"))
-                    .unwrap_or_default();
-                // The first line only: Azure appends request ids and times.
-                let message = blob::xml_text(&text, "Message")
-                    .map(|m| m.lines().next().unwrap_or("").trim().to_string())
-                    .unwrap_or_default();
-                let detail = match (code.is_empty(), message.is_empty()) {
-                    (true, _) => String::new(),
-                    (false, true) => format!(": {code}"),
-                    (false, false) => format!(": {code}: {message}"),
-                };
-                Err(FetchError::from_status(
-                    status,
-                    format!("GET {target} ({url}): Azure answered {status}{detail}"),
-                ))
-            }
-        }
+        let status = response.status;
+        let header_code = response.header("x-ms-error-code");
+        let text = response.error_text();
+        let code = header_code
+            .or_else(|| xml::text(&text, "Code"))
+            .unwrap_or_default();
+        // The first line only: Azure appends request ids and times.
+        let message = xml::text(&text, "Message")
+            .map(|m| m.lines().next().unwrap_or("").trim().to_string())
+            .unwrap_or_default();
+        let detail = match (code.is_empty(), message.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => format!(": {code}"),
+            (false, false) => format!(": {code}: {message}"),
+        };
+        Err(FetchError::from_status(
+            status,
+            format!("GET {target} ({url}): Azure answered {status}{detail}"),
+        ))
     }
 }
 
@@ -164,7 +151,7 @@ fn auth(config: &ServiceConfig, target: &Blob) -> Result<Auth, FetchError> {
             .str(&format!("{field}.account_key"))?
             .ok_or_else(|| config.invalid(&format!("{field}.account_key"), "required"))?;
         // Never echo the key, even a malformed one.
-        let key = base64_decode(encoded)
+        let key = base64::decode(encoded)
             .filter(|k| !k.is_empty())
             .ok_or_else(|| {
                 config.invalid(
@@ -225,12 +212,12 @@ fn managed_identity(config: &ServiceConfig) -> Result<String, FetchError> {
     });
     let resource = get("resource")?.unwrap_or_else(|| STORAGE_RESOURCE.to_string());
     let mut query = vec![
-        format!("api-version={}", blob::query_encode(&api_version)),
-        format!("resource={}", blob::query_encode(&resource)),
+        format!("api-version={}", percent::encode(&api_version, false)),
+        format!("resource={}", percent::encode(&resource, false)),
     ];
     for key in ["object_id", "client_id", "mi_res_id"] {
         if let Some(value) = get(key)? {
-            query.push(format!("{key}={}", blob::query_encode(&value)));
+            query.push(format!("{key}={}", percent::encode(&value, false)));
         }
     }
     let separator = if endpoint.contains('?') { '&' } else { '?' };

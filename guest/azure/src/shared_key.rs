@@ -3,10 +3,10 @@
 //! `Authorization: SharedKey <account>:<signature>` header. Pure: nothing
 //! here logs or keeps the key.
 
-use polhost_fetcher::crypto::{base64_encode, hmac_sha256};
+use polhost_fetcher::base64;
+use polhost_fetcher::crypto::hmac_sha256;
+use polhost_fetcher::percent;
 use polhost_fetcher::url::Url;
-
-use crate::blob::percent_decode;
 
 /// The standard headers of the string to sign, in its order.
 const STANDARD: [&str; 11] = [
@@ -68,7 +68,7 @@ pub fn string_to_sign(
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k).to_ascii_lowercase(), percent_decode(v))
+            (percent::decode(k).to_ascii_lowercase(), percent::decode(v))
         })
         .collect();
     params.sort();
@@ -97,7 +97,7 @@ pub fn authorization(
         key,
         string_to_sign(method, url, headers, account).as_bytes(),
     );
-    format!("SharedKey {account}:{}", base64_encode(&signature))
+    format!("SharedKey {account}:{}", base64::encode(&signature))
 }
 
 #[cfg(test)]

@@ -7,10 +7,10 @@
 use polhost_fetcher::bindings::wasi::http::types::Method;
 use polhost_fetcher::clock::now_unix;
 use polhost_fetcher::config::ServiceConfig;
-use polhost_fetcher::crypto::base64_encode;
 use polhost_fetcher::http::{self, Request};
 use polhost_fetcher::url::Url;
 use polhost_fetcher::{FetchError, log};
+use polhost_fetcher::{base64, percent};
 use rsa::RsaPrivateKey;
 use rsa::pkcs1v15::SigningKey;
 use rsa::pkcs8::DecodePrivateKey;
@@ -85,13 +85,16 @@ fn metadata(config: &ServiceConfig) -> Result<String, FetchError> {
                 .str(&format!("{field}.id_token_path"))?
                 .or(config.str(&format!("{field}.identity_token_path"))?)
                 .unwrap_or(IDENTITY_TOKEN_PATH);
-            format!("{endpoint}{path}?audience={}", query(audience))
+            format!(
+                "{endpoint}{path}?audience={}",
+                percent::encode(audience, false)
+            )
         }
         (None, false) => {
             let path = config
                 .str(&format!("{field}.access_token_path"))?
                 .unwrap_or(ACCESS_TOKEN_PATH);
-            let scopes: Vec<String> = scopes.iter().map(|s| query(s)).collect();
+            let scopes: Vec<String> = scopes.iter().map(|s| percent::encode(s, false)).collect();
             format!("{endpoint}{path}?scopes={}", scopes.join(","))
         }
     };
@@ -123,25 +126,6 @@ fn metadata(config: &ServiceConfig) -> Result<String, FetchError> {
     }
     log::debug(&format!("GCP metadata server token from {url}"));
     Ok(token)
-}
-
-fn query(text: &str) -> String {
-    let mut out = String::new();
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn base64url(bytes: &[u8]) -> String {
-    base64_encode(bytes)
-        .trim_end_matches('=')
-        .replace('+', "-")
-        .replace('/', "_")
 }
 
 /// `gcp_service_account` (polhost extension): the key file's
@@ -181,7 +165,7 @@ fn service_account(config: &ServiceConfig) -> Result<String, FetchError> {
         scopes.push(READ_ONLY_SCOPE.to_string());
     }
     let now = now_unix();
-    let header = base64url(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let header = base64::encode_url(br#"{"alg":"RS256","typ":"JWT"}"#);
     let claims = serde_json::json!({
         "iss": email,
         "scope": scopes.join(" "),
@@ -189,10 +173,13 @@ fn service_account(config: &ServiceConfig) -> Result<String, FetchError> {
         "iat": now,
         "exp": now + 3600,
     });
-    let claims = base64url(claims.to_string().as_bytes());
+    let claims = base64::encode_url(claims.to_string().as_bytes());
     let signing_input = format!("{header}.{claims}");
     let signature = SigningKey::<Sha256>::new(private).sign(signing_input.as_bytes());
-    let assertion = format!("{signing_input}.{}", base64url(&signature.to_bytes()));
+    let assertion = format!(
+        "{signing_input}.{}",
+        base64::encode_url(&signature.to_bytes())
+    );
 
     let mut request = Request::new(Method::Post, Url::parse(&token_url)?);
     request.headers.push((
@@ -201,7 +188,7 @@ fn service_account(config: &ServiceConfig) -> Result<String, FetchError> {
     ));
     request.body = format!(
         "grant_type={}&assertion={assertion}",
-        query("urn:ietf:params:oauth:grant-type:jwt-bearer")
+        percent::encode("urn:ietf:params:oauth:grant-type:jwt-bearer", false)
     )
     .into_bytes();
     request.first_byte_timeout_ms = Some(10_000);

@@ -1,8 +1,8 @@
 //! Where the object is: its bucket and name, and the JSON API URLs of its
 //! metadata and its media.
 
-use polhost_fetcher::FetchError;
 use polhost_fetcher::url::Url;
+use polhost_fetcher::{FetchError, percent};
 
 const API_PATH: &str = "/storage/v1/b/";
 
@@ -15,38 +15,6 @@ pub struct Object {
     pub name: String,
     /// The query the operator wrote (OPA's `alt=media`), kept for the media.
     query: Option<String>,
-}
-
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Object {
@@ -67,8 +35,8 @@ impl Object {
             })?;
             return Ok(Object {
                 root: format!("{}{}", joined.origin(), &path[..at]),
-                bucket: decode(bucket),
-                name: decode(object),
+                bucket: percent::decode(bucket),
+                name: percent::decode(object),
                 query,
             });
         }
@@ -91,8 +59,8 @@ impl Object {
             .trim_end_matches('/');
         Ok(Object {
             root: format!("{}{base}", service.origin()),
-            bucket: decode(bucket),
-            name: decode(name),
+            bucket: percent::decode(bucket),
+            name: percent::decode(name),
             query,
         })
     }
@@ -101,8 +69,8 @@ impl Object {
         format!(
             "{}{API_PATH}{}/o/{}",
             self.root,
-            encode(&self.bucket),
-            encode(&self.name)
+            percent::encode(&self.bucket, false),
+            percent::encode(&self.name, false)
         )
     }
 
@@ -124,7 +92,10 @@ impl Object {
             .collect();
         params.insert(0, "alt=media".to_string());
         if let Some(generation) = generation {
-            params.push(format!("ifGenerationMatch={}", encode(generation)));
+            params.push(format!(
+                "ifGenerationMatch={}",
+                percent::encode(generation, false)
+            ));
         }
         Url::parse(&format!("{}?{}", self.object_path(), params.join("&")))
     }

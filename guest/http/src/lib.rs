@@ -9,9 +9,7 @@
 use polhost_fetcher::config::ServiceConfig;
 use polhost_fetcher::http::{self, Request};
 use polhost_fetcher::url::Url;
-use polhost_fetcher::{
-    BundleRequest, FetchError, FetchOutcome, Fetcher, OutputStream, ResponseInfo, Service,
-};
+use polhost_fetcher::{BundleRequest, FetchError, FetchOutcome, Fetcher, OutputStream, Service};
 
 /// The content type with which a bundle server says it supports long polling.
 const LONG_POLLING_MEDIA_TYPE: &str = "application/vnd.openpolicyagent.bundles";
@@ -49,37 +47,24 @@ impl Fetcher for HttpFetcher {
         }
 
         let response = http::send(&request)?;
-        let content_type = response.header("content-type");
-        let info = ResponseInfo {
-            etag: response.header("etag"),
-            digest: None,
-            long_polling: bundle.long_polling_timeout_seconds.is_some()
-                && content_type.as_deref() == Some(LONG_POLLING_MEDIA_TYPE),
-            media_type: content_type,
+        let long_polling = bundle.long_polling_timeout_seconds.is_some()
+            && response.header("content-type").as_deref() == Some(LONG_POLLING_MEDIA_TYPE);
+        let response = match response.into_bundle_outcome(body, bundle.etag, long_polling)? {
+            Ok(outcome) => return Ok(outcome),
+            Err(failed) => failed,
         };
-        match response.status {
-            200 => {
-                response.stream_into(body)?;
-                Ok(FetchOutcome::Fetched(info))
-            }
-            304 => Ok(FetchOutcome::NotModified(ResponseInfo {
-                etag: info.etag.or(bundle.etag),
-                ..info
-            })),
-            status => {
-                let url = response.url.clone();
-                let text = response.error_text();
-                let detail = if text.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {text}")
-                };
-                Err(FetchError::from_status(
-                    status,
-                    format!("GET {url}: server answered {status}{detail}"),
-                ))
-            }
-        }
+        let status = response.status;
+        let url = response.url.clone();
+        let text = response.error_text();
+        let detail = if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {text}")
+        };
+        Err(FetchError::from_status(
+            status,
+            format!("GET {url}: server answered {status}{detail}"),
+        ))
     }
 }
 

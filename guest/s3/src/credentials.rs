@@ -12,8 +12,8 @@ use polhost_fetcher::http::{self, Request};
 use polhost_fetcher::url::Url;
 use polhost_fetcher::{ErrorKind, FetchError, log};
 
-use crate::sigv4::{Credentials, uri_encode};
-use crate::xml;
+use crate::sigv4::Credentials;
+use polhost_fetcher::{percent, xml};
 
 /// What signing needs: the credentials and the region they sign for.
 pub struct Signing {
@@ -258,7 +258,7 @@ fn metadata(config: &ServiceConfig) -> Result<Signing, FetchError> {
 
     let mut request = Request::get(Url::parse(&format!(
         "{endpoint}/latest/meta-data/iam/security-credentials/{}",
-        uri_encode(&role, false)
+        percent::encode(&role, false)
     ))?);
     request
         .origin_headers
@@ -362,7 +362,7 @@ fn web_identity(config: &ServiceConfig) -> Result<Signing, FetchError> {
         ("Version", "2011-06-15"),
     ]
     .iter()
-    .map(|(k, v)| format!("{k}={}", uri_encode(v, false)))
+    .map(|(k, v)| format!("{k}={}", percent::encode(v, false)))
     .collect::<Vec<_>>()
     .join("&");
     let mut request = Request::new(Method::Post, Url::parse(&format!("{endpoint}/"))?);

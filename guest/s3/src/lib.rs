@@ -12,17 +12,17 @@
 
 pub mod credentials;
 pub mod sigv4;
-pub mod xml;
 
 use polhost_fetcher::clock::{Utc, now_unix};
 use polhost_fetcher::config::ServiceConfig;
 use polhost_fetcher::http::{self, Request};
 use polhost_fetcher::url::Url;
 use polhost_fetcher::{
-    BundleRequest, FetchError, FetchOutcome, Fetcher, OutputStream, ResponseInfo, Service, log,
+    BundleRequest, FetchError, FetchOutcome, Fetcher, OutputStream, Service, log,
 };
 
-use sigv4::{EMPTY_SHA256, Scope, percent_decode, uri_encode};
+use polhost_fetcher::{percent, xml};
+use sigv4::{EMPTY_SHA256, Scope};
 
 // Exported only on wasm: a native build (the unit tests) cannot link the
 // component's export names.
@@ -103,36 +103,23 @@ impl Fetcher for S3Fetcher {
         }
 
         let response = http::send(&request)?;
-        let info = ResponseInfo {
-            etag: response.header("etag"),
-            digest: None,
-            media_type: response.header("content-type"),
-            long_polling: false,
+        let response = match response.into_bundle_outcome(body, bundle.etag, false)? {
+            Ok(outcome) => return Ok(outcome),
+            Err(failed) => failed,
         };
-        match response.status {
-            200 => {
-                response.stream_into(body)?;
-                Ok(FetchOutcome::Fetched(info))
-            }
-            304 => Ok(FetchOutcome::NotModified(ResponseInfo {
-                etag: info.etag.or(bundle.etag),
-                ..info
-            })),
-            status => {
-                let text = response.error_text();
-                let code = xml::text(&text, "Code").unwrap_or_default();
-                let message = xml::text(&text, "Message").unwrap_or_default();
-                let detail = match (code.is_empty(), message.is_empty()) {
-                    (true, _) => String::new(),
-                    (false, true) => format!(": {code}"),
-                    (false, false) => format!(": {code}: {message}"),
-                };
-                Err(FetchError::from_status(
-                    status,
-                    format!("GET {object} ({url}): S3 answered {status}{detail}"),
-                ))
-            }
-        }
+        let status = response.status;
+        let text = response.error_text();
+        let code = xml::text(&text, "Code").unwrap_or_default();
+        let message = xml::text(&text, "Message").unwrap_or_default();
+        let detail = match (code.is_empty(), message.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => format!(": {code}"),
+            (false, false) => format!(": {code}: {message}"),
+        };
+        Err(FetchError::from_status(
+            status,
+            format!("GET {object} ({url}): S3 answered {status}{detail}"),
+        ))
     }
 }
 
@@ -145,7 +132,7 @@ pub fn object_url(service_url: &str, resource: &str) -> Result<Url, FetchError> 
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (url.path_and_query.clone(), None),
     };
-    let path = uri_encode(&percent_decode(&path), true);
+    let path = percent::encode(&percent::decode(&path), true);
     url.path_and_query = match query {
         Some(q) => format!("{path}?{q}"),
         None => path,
@@ -163,7 +150,7 @@ pub struct Object {
 impl Object {
     pub fn of(url: &Url) -> Object {
         let path = url.path_and_query.split('?').next().unwrap_or("/");
-        let path = percent_decode(path.trim_start_matches('/'));
+        let path = percent::decode(path.trim_start_matches('/'));
         let host = url.authority.split(':').next().unwrap_or("");
         if let Some((bucket, rest)) = host.split_once('.')
             && (rest.starts_with("s3.") || rest.starts_with("s3-"))

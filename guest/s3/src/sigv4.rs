@@ -3,6 +3,7 @@
 //! supplies the time and the credentials; nothing here logs or keeps them.
 
 use polhost_fetcher::crypto::{hex, hmac_sha256, sha256};
+use polhost_fetcher::percent;
 
 /// SHA-256 of the empty body: every GET's `x-amz-content-sha256`.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -34,47 +35,6 @@ pub struct Scope<'a> {
     pub service: &'a str,
 }
 
-/// URI-encodes `text` as SigV4 wants: every byte but the unreserved
-/// characters as `%XX` (uppercase), `/` kept when `keep_slash`.
-pub fn uri_encode(text: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'_' | b'.' | b'~')
-            || (keep_slash && b == b'/')
-        {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Decodes `%XX` escapes (invalid ones are kept as written).
-pub fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
 /// The canonical query string: parameters URI-encoded and sorted.
 fn canonical_query(query: &str) -> String {
     let mut pairs: Vec<(String, String)> = query
@@ -83,8 +43,8 @@ fn canonical_query(query: &str) -> String {
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             (
-                uri_encode(&percent_decode(k), false),
-                uri_encode(&percent_decode(v), false),
+                percent::encode(&percent::decode(k), false),
+                percent::encode(&percent::decode(v), false),
             )
         })
         .collect();
@@ -197,11 +157,11 @@ mod tests {
     #[test]
     fn encodes_like_sigv4() {
         assert_eq!(
-            uri_encode("/a b/ü~x.tar.gz", true),
+            percent::encode("/a b/ü~x.tar.gz", true),
             "/a%20b/%C3%BC~x.tar.gz"
         );
-        assert_eq!(uri_encode("a/b", false), "a%2Fb");
-        assert_eq!(percent_decode("a%20b%2"), "a b%2");
+        assert_eq!(percent::encode("a/b", false), "a%2Fb");
+        assert_eq!(percent::decode("a%20b%2"), "a b%2");
         assert_eq!(canonical_query("b=2&a=x y"), "a=x%20y&b=2");
     }
 }

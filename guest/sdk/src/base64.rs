@@ -1,5 +1,6 @@
-//! Standard base64 (RFC 4648, with padding): what HTTP basic credentials and
-//! OPA's encoded OCI tokens need, without a crate.
+//! Standard base64 (RFC 4648, with padding): what HTTP basic credentials,
+//! OPA's encoded OCI tokens, SharedKey signatures and JWTs need, without a
+//! crate.
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -22,9 +23,37 @@ pub fn encode(input: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (padding optional, whitespace ignored); `None`
+/// for anything else.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        if c == b'=' {
+            break;
+        }
+        let v = ALPHABET.iter().position(|&b| b == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// base64url without padding (RFC 4648 section 5), as JWTs use it.
+pub fn encode_url(input: &[u8]) -> String {
+    encode(input)
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::encode;
+    use super::{decode, encode, encode_url};
 
     #[test]
     fn encodes_rfc4648_vectors() {
@@ -38,6 +67,11 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
             ("user:pass", "dXNlcjpwYXNz"),
         ];
+        for (plain, encoded) in cases {
+            assert_eq!(decode(encoded).unwrap(), plain.as_bytes());
+        }
+        assert!(decode("a$b").is_none());
+        assert_eq!(encode_url(&[0xfb, 0xff]), "-_8");
         for (plain, encoded) in cases {
             assert_eq!(encode(plain.as_bytes()), encoded, "{plain:?}");
         }

@@ -13,7 +13,7 @@ use crate::bindings::wasi::http::types::{
 };
 use crate::bindings::wasi::io::streams::{InputStream, StreamError};
 use crate::url::Url;
-use crate::{ErrorKind, FetchError, OutputStream};
+use crate::{ErrorKind, FetchError, FetchOutcome, OutputStream, ResponseInfo};
 
 /// How many redirects one request may follow.
 const MAX_REDIRECTS: usize = 10;
@@ -114,6 +114,36 @@ impl Response {
             )));
         }
         Ok(moved)
+    }
+
+    /// The outcome of a conditional GET of a bundle (`If-None-Match`): a 200
+    /// streams the body into `sink` and is `fetched`; a 304 is
+    /// `not-modified`, keeping `request_etag` when the server repeats none.
+    /// Any other status comes back as `Err(self)`, for the fetcher to turn
+    /// into an error with its service's own codes.
+    pub fn into_bundle_outcome(
+        self,
+        sink: &OutputStream,
+        request_etag: Option<String>,
+        long_polling: bool,
+    ) -> Result<Result<FetchOutcome, Response>, FetchError> {
+        let info = ResponseInfo {
+            etag: self.header("etag"),
+            digest: None,
+            media_type: self.header("content-type"),
+            long_polling,
+        };
+        match self.status {
+            200 => {
+                self.stream_into(sink)?;
+                Ok(Ok(FetchOutcome::Fetched(info)))
+            }
+            304 => Ok(Ok(FetchOutcome::NotModified(ResponseInfo {
+                etag: info.etag.or(request_etag),
+                ..info
+            }))),
+            _ => Ok(Err(self)),
+        }
     }
 
     /// Reads up to `limit` bytes of the body into memory: for small

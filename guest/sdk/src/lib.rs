@@ -37,7 +37,9 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod log;
+pub mod percent;
 pub mod url;
+pub mod xml;
 
 pub use bindings::export_fetcher;
 pub use bindings::exports::polhost::fetcher::fetch::Guest as Fetcher;

@@ -1,6 +1,6 @@
-//! Just enough XML for S3 and STS answers: the text of the first element
-//! with a given name (S3 error bodies, STS credentials). Entities are
-//! decoded; nothing else of XML is needed.
+//! Just enough XML for the storage APIs' answers (S3 and Azure error
+//! bodies, STS credentials): the text of the first element with a given
+//! name, entities decoded.
 
 /// The text inside the first `<tag>...</tag>`, if any.
 pub fn text(xml: &str, tag: &str) -> Option<String> {
