@@ -260,7 +260,7 @@ fn generate(path: &Path, target_bytes: u64) -> io::Result<Generated> {
         data.len() as u64,
         &mut &data[..],
     )?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x706f_6c68_6f73_74);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0070_6f6c_686f_7374);
     let mut raw = 0u64;
     for i in 0.. {
         let compressed = tar.get_ref().get_ref().count;

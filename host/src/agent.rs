@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits};
-use crate::config::{Bundle, Config, Service};
+use crate::config::{Bundle, BundleLimits, Config, Service};
 use crate::digest::HashingReader;
 use crate::download::{self, Download, DownloadJob, FetchError};
 use crate::runtime::{FetcherComponent, Limits, Runtime, RuntimeError};
@@ -52,6 +52,8 @@ pub struct Activation {
     pub path: PathBuf,
     /// Where it came from.
     pub source: Source,
+    /// The roots it owns (`[""]`: everything).
+    pub roots: Vec<String>,
 }
 
 /// What the agent reports to subscribers.
@@ -99,6 +101,7 @@ struct Shared {
     persistence_directory: PathBuf,
     events: broadcast::Sender<Event>,
     active: Mutex<HashMap<String, Activation>>,
+    bundle_limits: BundleLimits,
 }
 
 /// The agent. Build it with [`Agent::new`], subscribe, then [`Agent::run`].
@@ -162,6 +165,7 @@ impl Agent {
                 persistence_directory: config.persistence_directory.clone(),
                 events,
                 active: Mutex::new(HashMap::new()),
+                bundle_limits: config.bundle_limits,
             }),
             bundles: config.bundles,
         })
@@ -304,7 +308,11 @@ impl Shared {
                 let long_polling = fetched.info.long_polling;
                 match self.commit(bundle, fetched) {
                     Ok(activation) => Ok((Some(activation), Polled { long_polling })),
-                    Err(e) => {
+                    Err(Refused::Roots(message)) => {
+                        self.fail(bundle, "roots", message);
+                        Err(())
+                    }
+                    Err(Refused::Io(e)) => {
                         self.fail(bundle, "io", format!("persisting the bundle: {e}"));
                         Err(())
                     }
@@ -341,12 +349,23 @@ impl Shared {
             // response: after a failed download, ask for it all again.
             etag: active.and_then(|a| a.etag.clone()),
             dir: &dir,
+            limits: self.limits(bundle),
         })
         .await
     }
 
-    fn commit(&self, bundle: &Bundle, fetched: download::Fetched) -> std::io::Result<Activation> {
+    fn limits(&self, bundle: &Bundle) -> ValidationLimits {
+        self.bundle_limits.for_bundle(bundle.size_limit_bytes)
+    }
+
+    /// Persists and activates a downloaded bundle, unless its roots
+    /// collide with another active bundle's (checked first, under the lock
+    /// that activation takes, so two bundles cannot both slip in).
+    fn commit(&self, bundle: &Bundle, fetched: download::Fetched) -> Result<Activation, Refused> {
         let dir = self.dir(bundle);
+        let roots = fetched.summary.roots();
+        let mut active = self.active.lock().expect("active lock");
+        check_roots(&active, &bundle.name, &roots).map_err(Refused::Roots)?;
         let metadata = Metadata {
             etag: fetched.info.etag.clone(),
             sha256: fetched.sha256.clone(),
@@ -354,26 +373,15 @@ impl Shared {
             size: fetched.size,
             fetched_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
-        let path = dir.commit(fetched.file, &metadata)?;
-        Ok(self.activate(bundle, metadata, path, Source::Download))
+        let path = dir.commit(fetched.file, &metadata).map_err(Refused::Io)?;
+        let activation = activation(bundle, metadata, roots, path, Source::Download);
+        active.insert(bundle.name.clone(), activation.clone());
+        drop(active);
+        self.announce_activation(&activation);
+        Ok(activation)
     }
 
-    fn activate(
-        &self,
-        bundle: &Bundle,
-        metadata: Metadata,
-        path: PathBuf,
-        source: Source,
-    ) -> Activation {
-        let activation = Activation {
-            bundle: bundle.name.clone(),
-            revision: metadata.revision,
-            sha256: metadata.sha256,
-            size: metadata.size,
-            etag: metadata.etag,
-            path,
-            source,
-        };
+    fn announce_activation(&self, activation: &Activation) {
         info!(
             revision = %activation.revision,
             size = activation.size,
@@ -382,12 +390,7 @@ impl Shared {
             path = %activation.path.display(),
             "bundle activated"
         );
-        self.active
-            .lock()
-            .expect("active lock")
-            .insert(bundle.name.clone(), activation.clone());
         self.announce(Event::Activated(activation.clone()));
-        activation
     }
 
     fn fail(&self, bundle: &Bundle, kind: &'static str, message: String) {
@@ -415,10 +418,7 @@ impl Shared {
         if !path.exists() {
             return None;
         }
-        let limits = ValidationLimits {
-            file_size_limit: bundle.size_limit_bytes,
-        };
-        match validate_file(&path, limits) {
+        match validate_file(&path, self.limits(bundle)) {
             Ok((summary, sha256, size)) => {
                 // Metadata that does not match its bundle (a crash between
                 // the two renames) is not trusted: without its etag the
@@ -434,7 +434,18 @@ impl Shared {
                     size,
                     fetched_at: String::new(),
                 };
-                Some(self.activate(bundle, metadata, path, Source::Disk))
+                let roots = summary.roots();
+                let mut active = self.active.lock().expect("active lock");
+                if let Err(message) = check_roots(&active, &bundle.name, &roots) {
+                    drop(active);
+                    self.fail(bundle, "roots", message);
+                    return None;
+                }
+                let activation = activation(bundle, metadata, roots, path, Source::Disk);
+                active.insert(bundle.name.clone(), activation.clone());
+                drop(active);
+                self.announce_activation(&activation);
+                Some(activation)
             }
             Err(e) => {
                 warn!(path = %path.display(), "persisted bundle refused, downloading it again: {e}");
@@ -442,6 +453,55 @@ impl Shared {
             }
         }
     }
+}
+
+/// Why a downloaded bundle was not activated.
+enum Refused {
+    /// Its roots collide with another active bundle's.
+    Roots(String),
+    /// It could not be persisted.
+    Io(std::io::Error),
+}
+
+fn activation(
+    bundle: &Bundle,
+    metadata: Metadata,
+    roots: Vec<String>,
+    path: PathBuf,
+    source: Source,
+) -> Activation {
+    Activation {
+        bundle: bundle.name.clone(),
+        revision: metadata.revision,
+        sha256: metadata.sha256,
+        size: metadata.size,
+        etag: metadata.etag,
+        path,
+        source,
+        roots,
+    }
+}
+
+/// OPA's rule across bundles: no two active bundles may own overlapping
+/// roots. Says which roots of which bundles collide.
+fn check_roots(
+    active: &HashMap<String, Activation>,
+    name: &str,
+    roots: &[String],
+) -> Result<(), String> {
+    let mut others: Vec<_> = active.values().filter(|a| a.bundle != name).collect();
+    others.sort_by(|a, b| a.bundle.cmp(&b.bundle));
+    for other in others {
+        for mine in roots {
+            if let Some(theirs) = other.roots.iter().find(|r| bundle::roots_overlap(mine, r)) {
+                return Err(format!(
+                    "bundle {name:?} not activated: its root {mine:?} overlaps root {theirs:?} of active bundle {:?}",
+                    other.bundle
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validates a bundle file, returning what it holds, its SHA-256 and size.

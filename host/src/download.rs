@@ -124,6 +124,8 @@ pub struct DownloadJob<'a> {
     pub etag: Option<String>,
     /// Where the temp file goes (the bundle's own directory).
     pub dir: &'a BundleDir,
+    /// What the bundle's archive may hold.
+    pub limits: ValidationLimits,
 }
 
 /// Runs one download.
@@ -137,9 +139,7 @@ pub async fn download(job: DownloadJob<'_>) -> Result<Download, FetchError> {
         .temp_file()
         .map_err(io_error("creating a temp file"))?;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    let limits = ValidationLimits {
-        file_size_limit: job.bundle.size_limit_bytes,
-    };
+    let limits = job.limits;
     let consumer = tokio::task::spawn_blocking(move || consume(rx, file, limits));
     let failure = SinkFailureSlot::default();
     let sink = BundleSink::new(tx, job.bundle.size_limit_bytes, failure.clone());

@@ -6,6 +6,7 @@ mod harness;
 mod support;
 
 mod bad_downloads;
+mod bundle_rules;
 mod cli_config;
 mod http_fetcher;
 mod long_polling;

@@ -37,11 +37,13 @@
 mod bundle;
 mod env;
 mod error;
+mod limits;
 mod service;
 mod tree;
 
 pub use bundle::{Bundle, Polling};
 pub use error::ConfigError;
+pub use limits::BundleLimits;
 pub use service::{BearerCredentials, Credentials, Service};
 
 use std::path::{Path, PathBuf};
@@ -64,6 +66,8 @@ pub struct Config {
     /// The top-level `polhost` key, reserved for polhost's own settings, as
     /// written (`Null` when absent).
     pub polhost: serde_json::Value,
+    /// `polhost.bundle`: caps on what a bundle archive may expand to.
+    pub bundle_limits: BundleLimits,
 }
 
 /// The default `persistence_directory`.
@@ -98,17 +102,22 @@ impl Config {
         let mut ignored_keys = Vec::new();
         let (mut services, mut bundles, mut persistence_directory) = (None, None, None);
         let mut polhost = serde_json::Value::Null;
+        let mut polhost_node = None;
         for (key, value) in top {
             match key.as_str() {
                 "services" => services = Some(value),
                 "bundles" => bundles = Some(value),
                 "persistence_directory" => persistence_directory = Some(value),
-                "polhost" => polhost = value.to_json(),
+                "polhost" => {
+                    polhost = value.to_json();
+                    polhost_node = Some(value);
+                }
                 _ => ignored_keys.push(key.clone()),
             }
         }
 
         let services = service::parse_services(services, &mut ignored_keys)?;
+        let bundle_limits = limits::parse(polhost_node, &mut ignored_keys)?;
         let bundles = bundle::parse_bundles(bundles, &services, &mut ignored_keys)?;
         let persistence_directory = match persistence_directory {
             None | Some(Node::Null) => PathBuf::from(DEFAULT_PERSISTENCE_DIRECTORY),
@@ -133,6 +142,7 @@ impl Config {
             persistence_directory,
             ignored_keys,
             polhost,
+            bundle_limits,
         })
     }
 }
@@ -371,7 +381,7 @@ bundles:
     unknown_thing: true
 keys: {k: {key: secret}}
 decision_logs: {console: true}
-polhost: {fetchers: {}}
+polhost: {bundle: {}}
 ",
         );
         assert_eq!(
@@ -388,7 +398,7 @@ polhost: {fetchers: {}}
                 "bundles.other.unknown_thing",
             ]
         );
-        assert_eq!(config.polhost, serde_json::json!({"fetchers": {}}));
+        assert_eq!(config.polhost, serde_json::json!({"bundle": {}}));
     }
 
     #[test]
