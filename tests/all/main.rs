@@ -3,6 +3,7 @@
 //! starts on 127.0.0.1 (install them with `tests/harness/install.sh`).
 
 mod harness;
+mod hostile_corpus;
 mod support;
 
 mod bad_downloads;

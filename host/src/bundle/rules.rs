@@ -53,39 +53,52 @@ pub fn overlapping_pair(roots: &[String]) -> Option<(&str, &str)> {
 /// comments and blank lines) and returns its path, `a/b/c` for
 /// `package a.b.c` or `package a["b"].c`. Reads no further than the
 /// declaration; at most `limit` bytes of leading comments.
-pub fn read_package(reader: &mut impl BufRead, limit: u64) -> Result<String, String> {
+pub fn read_package(reader: &mut impl BufRead, limit: u64) -> Result<String, PackageError> {
     let mut line = Vec::new();
     let mut seen = 0u64;
     loop {
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
-            .map_err(|e| format!("reading the file: {e}"))?;
+            .map_err(PackageError::Io)?;
         if n == 0 {
-            return Err("no package declaration".into());
+            return Err(PackageError::Invalid("no package declaration".into()));
         }
         seen += n as u64;
         if seen > limit {
-            return Err(format!("no package declaration in the first {limit} bytes"));
+            return Err(PackageError::Invalid(format!(
+                "no package declaration in the first {limit} bytes"
+            )));
         }
-        let text = std::str::from_utf8(&line).map_err(|_| "not UTF-8 text".to_string())?;
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| PackageError::Invalid("not UTF-8 text".into()))?;
         let text = text.trim();
         if text.is_empty() || text.starts_with('#') {
             continue;
         }
+        let invalid =
+            || PackageError::Invalid(format!("invalid package declaration {:?}", truncate(text)));
         let Some(rest) = text.strip_prefix("package") else {
-            return Err(format!(
+            return Err(PackageError::Invalid(format!(
                 "the first statement must be a package declaration, found {:?}",
                 truncate(text)
-            ));
+            )));
         };
         if !rest.starts_with([' ', '\t']) {
-            return Err(format!("invalid package declaration {:?}", truncate(text)));
+            return Err(invalid());
         }
         let reference = rest.split('#').next().unwrap_or("").trim();
-        return parse_reference(reference)
-            .ok_or_else(|| format!("invalid package declaration {:?}", truncate(text)));
+        return parse_reference(reference).ok_or_else(invalid);
     }
+}
+
+/// Why no package path could be read.
+#[derive(Debug)]
+pub enum PackageError {
+    /// The archive broke under the reader: not the file's fault.
+    Io(std::io::Error),
+    /// The file has no valid package declaration.
+    Invalid(String),
 }
 
 fn truncate(text: &str) -> String {

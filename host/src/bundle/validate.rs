@@ -366,14 +366,16 @@ fn read_entries<R: Read>(
                 state.data.insert(&path, &dir, rules::shape_of(&value))?;
             }
             Kind::Rego => {
-                let package =
-                    rules::read_package(&mut reader, PACKAGE_SEARCH_BYTES).map_err(|message| {
-                        BundleError::Malformed {
+                let package = rules::read_package(&mut reader, PACKAGE_SEARCH_BYTES).map_err(
+                    |e| match e {
+                        rules::PackageError::Io(e) => BundleError::Corrupt(e),
+                        rules::PackageError::Invalid(message) => BundleError::Malformed {
                             path: path.clone(),
                             what: "Rego module",
                             message,
-                        }
-                    })?;
+                        },
+                    },
+                )?;
                 state.packages.push((path.clone(), package));
             }
             Kind::Delta => {
