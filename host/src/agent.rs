@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits};
+use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits, Verification};
 use crate::config::{Bundle, BundleLimits, Config, Service};
 use crate::digest::HashingReader;
 use crate::download::{self, Download, DownloadJob, FetchError};
@@ -83,6 +83,9 @@ pub enum AgentError {
         service_type: String,
         available: String,
     },
+    /// A key in `keys` cannot be used (the message names its field).
+    #[error("{0}")]
+    Key(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("persistence_directory {path}: {source}")]
@@ -102,6 +105,8 @@ struct Shared {
     events: broadcast::Sender<Event>,
     active: Mutex<HashMap<String, Activation>>,
     bundle_limits: BundleLimits,
+    /// Per bundle name, how its signature is verified.
+    verifications: HashMap<String, Arc<Verification>>,
 }
 
 /// The agent. Build it with [`Agent::new`], subscribe, then [`Agent::run`].
@@ -156,6 +161,14 @@ impl Agent {
                 source,
             })?;
         }
+        let mut verifications = HashMap::new();
+        for bundle in &config.bundles {
+            if let Some(verification) =
+                Verification::new(&config.keys, bundle.signing.as_ref()).map_err(AgentError::Key)?
+            {
+                verifications.insert(bundle.name.clone(), Arc::new(verification));
+            }
+        }
         let (events, _) = broadcast::channel(256);
         Ok(Agent {
             shared: Arc::new(Shared {
@@ -166,6 +179,7 @@ impl Agent {
                 events,
                 active: Mutex::new(HashMap::new()),
                 bundle_limits: config.bundle_limits,
+                verifications,
             }),
             bundles: config.bundles,
         })
@@ -350,6 +364,7 @@ impl Shared {
             etag: active.and_then(|a| a.etag.clone()),
             dir: &dir,
             limits: self.limits(bundle),
+            verification: self.verifications.get(&bundle.name).cloned(),
         })
         .await
     }
@@ -418,7 +433,8 @@ impl Shared {
         if !path.exists() {
             return None;
         }
-        match validate_file(&path, self.limits(bundle)) {
+        let verification = self.verifications.get(&bundle.name).map(|v| &**v);
+        match validate_file(&path, self.limits(bundle), verification) {
             Ok((summary, sha256, size)) => {
                 // Metadata that does not match its bundle (a crash between
                 // the two renames) is not trusted: without its etag the
@@ -508,10 +524,11 @@ fn check_roots(
 fn validate_file(
     path: &Path,
     limits: ValidationLimits,
+    verification: Option<&Verification>,
 ) -> Result<(BundleSummary, String, u64), BundleError> {
     let file = File::open(path).map_err(BundleError::Io)?;
     let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
-    let summary = bundle::validate(&mut reader, limits)?;
+    let summary = bundle::validate_with(&mut reader, limits, verification)?;
     reader.drain().map_err(BundleError::Io)?;
     let (sha256, size, _) = reader.finish();
     Ok((summary, sha256, size))

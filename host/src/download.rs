@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 
-use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits};
+use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits, Verification};
 use crate::config;
 use crate::digest::HashingReader;
 use crate::runtime::{
@@ -126,6 +126,8 @@ pub struct DownloadJob<'a> {
     pub dir: &'a BundleDir,
     /// What the bundle's archive may hold.
     pub limits: ValidationLimits,
+    /// How its signature is verified (`None`: no keys, no `signing`).
+    pub verification: Option<Arc<Verification>>,
 }
 
 /// Runs one download.
@@ -140,7 +142,9 @@ pub async fn download(job: DownloadJob<'_>) -> Result<Download, FetchError> {
         .map_err(io_error("creating a temp file"))?;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let limits = job.limits;
-    let consumer = tokio::task::spawn_blocking(move || consume(rx, file, limits));
+    let verification = job.verification.clone();
+    let consumer =
+        tokio::task::spawn_blocking(move || consume(rx, file, limits, verification.as_deref()));
     let failure = SinkFailureSlot::default();
     let sink = BundleSink::new(tx, job.bundle.size_limit_bytes, failure.clone());
 
@@ -244,6 +248,7 @@ fn consume(
     rx: mpsc::Receiver<Bytes>,
     file: NamedTempFile,
     limits: ValidationLimits,
+    verification: Option<&Verification>,
 ) -> Result<ConsumedBundle, Consumed> {
     let mut input = ChannelReader {
         rx,
@@ -252,7 +257,7 @@ fn consume(
     };
     let writer = BufWriter::with_capacity(1 << 20, file);
     let mut tee = HashingReader::tee(&mut input, writer);
-    let summary = bundle::validate(&mut tee, limits);
+    let summary = bundle::validate_with(&mut tee, limits, verification);
     let summary = match summary {
         Ok(summary) => summary,
         Err(BundleError::Io(e)) => return Err(Consumed::Io(e)),

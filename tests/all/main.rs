@@ -12,3 +12,4 @@ mod cli_config;
 mod http_fetcher;
 mod long_polling;
 mod sandbox;
+mod signatures;

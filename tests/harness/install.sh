@@ -60,5 +60,22 @@ ensure_nginx() {
   fi
 }
 
+# python3 + openssl (the hostile corpus and signed-bundle generators) and a
+# venv with PyJWT (signs test bundles independently of polhost's code).
+ensure_python_tools() {
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+  local venv="${HOME}/.cache/polhost/venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  if ! "$venv/bin/python" -c 'import jwt, cryptography' >/dev/null 2>&1; then
+    "$venv/bin/pip" install -q 'PyJWT[crypto]>=2.8'
+  fi
+  echo "python tools: $("$venv/bin/python" -c 'import jwt; print("PyJWT", jwt.__version__)'), $(openssl version)"
+}
+
 ensure_curl
 ensure_nginx
+ensure_python_tools

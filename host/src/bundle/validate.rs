@@ -14,7 +14,7 @@
 //! data after the end of the tar archive.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, BufRead, BufReader, Read};
 use std::rc::Rc;
 
@@ -22,6 +22,7 @@ use flate2::read::MultiGzDecoder;
 
 use super::Manifest;
 use super::rules::{self, DataTree};
+use super::signing::{self, FileDigests, Hashers, SignedFile, Verification};
 
 /// Default `polhost.bundle.max_expansion_ratio`.
 pub const DEFAULT_MAX_EXPANSION_RATIO: u64 = 200;
@@ -116,6 +117,9 @@ pub enum BundleError {
     /// The gzip stream expands beyond a configured cap.
     #[error("gzip bomb refused: {0}")]
     Bomb(String),
+    /// The bundle's signature is missing, invalid or does not cover it.
+    #[error("{path}: signature verification failed: {message}")]
+    Signature { path: String, message: String },
     /// Non-zero bytes after the tar archive's end, or after the gzip stream.
     #[error("data after the end of the archive: {0}")]
     Trailing(String),
@@ -181,6 +185,7 @@ impl<R: Read> Read for BombGuard<R> {
 #[derive(Debug, PartialEq)]
 enum Kind {
     Manifest,
+    Signatures,
     Data { dir: String, yaml: bool },
     Rego,
     Delta,
@@ -194,6 +199,7 @@ fn kind_of(path: &str) -> Kind {
     };
     match base {
         ".manifest" if dir.is_empty() => Kind::Manifest,
+        ".signatures.json" if dir.is_empty() => Kind::Signatures,
         "data.json" => Kind::Data {
             dir: dir.to_string(),
             yaml: false,
@@ -208,8 +214,20 @@ fn kind_of(path: &str) -> Kind {
     }
 }
 
-/// Reads a gzipped tar bundle to its end and checks it.
+/// Reads a gzipped tar bundle to its end and checks it, without signature
+/// verification (a signed bundle is refused).
 pub fn validate(reader: impl Read, limits: ValidationLimits) -> Result<BundleSummary, BundleError> {
+    validate_with(reader, limits, None)
+}
+
+/// Reads a gzipped tar bundle to its end and checks it, verifying its
+/// signature with `verification` when given (OPA's rules: a signed bundle
+/// needs keys; with `signing.keyid` an unsigned bundle is refused).
+pub fn validate_with(
+    reader: impl Read,
+    limits: ValidationLimits,
+    verification: Option<&Verification>,
+) -> Result<BundleSummary, BundleError> {
     let compressed = Rc::new(Cell::new(0));
     let tripped = Rc::new(Cell::new(None));
     let reason = Rc::new(std::cell::RefCell::new(String::new()));
@@ -245,6 +263,9 @@ pub fn validate(reader: impl Read, limits: ValidationLimits) -> Result<BundleSum
         packages: Vec::new(),
         data: DataTree::default(),
         wasm_files: HashSet::new(),
+        verification,
+        digests: BTreeMap::new(),
+        signed: None,
     };
     let mut archive = tar::Archive::new(guard);
     let result = read_entries(&mut archive, &mut state);
@@ -287,7 +308,12 @@ pub fn validate(reader: impl Read, limits: ValidationLimits) -> Result<BundleSum
 }
 
 /// What the entries taught so far.
-struct State {
+struct State<'v> {
+    verification: Option<&'v Verification>,
+    /// Per file, its digests (only when verifying).
+    digests: BTreeMap<String, FileDigests>,
+    /// The files the verified signature lists.
+    signed: Option<BTreeMap<String, SignedFile>>,
     limits: ValidationLimits,
     summary: BundleSummary,
     seen: HashSet<String>,
@@ -298,7 +324,7 @@ struct State {
 
 fn read_entries<R: Read>(
     archive: &mut tar::Archive<R>,
-    state: &mut State,
+    state: &mut State<'_>,
 ) -> Result<(), BundleError> {
     let entries = archive.entries().map_err(BundleError::Corrupt)?;
     for entry in entries {
@@ -337,8 +363,55 @@ fn read_entries<R: Read>(
         }
         state.summary.files += 1;
         state.summary.uncompressed_bytes += size;
-        let mut reader = BufReader::with_capacity(64 * 1024, &mut entry);
-        match kind_of(&path) {
+        let kind = kind_of(&path);
+        let verifying = state.verification.is_some();
+        // OPA hashes `.manifest` and data.json/data.yaml in canonical form:
+        // those are held (one at a time, at most size_limit_bytes) when a
+        // signature may need them. Everything else is hashed as it streams.
+        let structured = verifying
+            && (kind == Kind::Manifest
+                || path == "data.json"
+                || path.ends_with("/data.json")
+                || path == "data.yaml"
+                || path.ends_with("/data.yaml"));
+        let held_needed = structured || kind == Kind::Signatures;
+        let mut tee = Tee {
+            inner: &mut entry,
+            hashers: (verifying && !held_needed).then(Hashers::default),
+        };
+        let mut streamed = BufReader::with_capacity(64 * 1024, &mut tee);
+        let held = if held_needed {
+            let mut bytes = Vec::new();
+            streamed
+                .read_to_end(&mut bytes)
+                .map_err(BundleError::Corrupt)?;
+            Some(bytes)
+        } else {
+            None
+        };
+        let mut reader: Box<dyn BufRead + '_> = match &held {
+            Some(bytes) => Box::new(bytes.as_slice()),
+            None => Box::new(&mut streamed),
+        };
+        match &kind {
+            Kind::Signatures => {
+                let bytes = held.as_deref().unwrap_or_default();
+                let Some(verification) = state.verification else {
+                    return Err(BundleError::Signature {
+                        path,
+                        message: "the bundle is signed but no keys are configured to verify it"
+                            .into(),
+                    });
+                };
+                let files =
+                    verification
+                        .verify(bytes)
+                        .map_err(|message| BundleError::Signature {
+                            path: path.clone(),
+                            message,
+                        })?;
+                state.signed = Some(files);
+            }
             Kind::Manifest => {
                 state.summary.manifest = Some(parse_json(&path, "manifest", &mut reader)?);
             }
@@ -348,7 +421,7 @@ fn read_entries<R: Read>(
                 let shape = serde::de::DeserializeSeed::deserialize(seed, &mut de)
                     .and_then(|shape| de.end().map(|()| shape))
                     .map_err(|e| json_error(&path, "data.json", e))?;
-                state.data.insert(&path, &dir, shape)?;
+                state.data.insert(&path, dir, shape)?;
             }
             Kind::Data { dir, yaml: true } => {
                 // YAML does not stream: one data.yaml at a time is held, as
@@ -363,7 +436,7 @@ fn read_entries<R: Read>(
                         what: "data.yaml",
                         message: e.to_string(),
                     })?;
-                state.data.insert(&path, &dir, rules::shape_of(&value))?;
+                state.data.insert(&path, dir, rules::shape_of(&value))?;
             }
             Kind::Rego => {
                 let package = rules::read_package(&mut reader, PACKAGE_SEARCH_BYTES).map_err(
@@ -393,11 +466,51 @@ fn read_entries<R: Read>(
         // Whatever the entry, read it to its end: the tar reader must pass
         // over it anyway, and a truncation inside it must surface here.
         io::copy(&mut reader, &mut io::sink()).map_err(BundleError::Corrupt)?;
+        drop(reader);
+        drop(streamed);
+        if verifying && kind != Kind::Signatures {
+            let digests = match (&held, tee.hashers) {
+                (Some(bytes), _) => {
+                    let canonical = if path.ends_with(".yaml") {
+                        signing::canonical_yaml(bytes)
+                    } else {
+                        signing::canonical_json(bytes)
+                    };
+                    let canonical = canonical.ok_or_else(|| BundleError::Malformed {
+                        path: path.clone(),
+                        what: "JSON",
+                        message: "cannot be put in canonical form".into(),
+                    })?;
+                    let mut hashers = Hashers::default();
+                    hashers.update(&canonical);
+                    hashers.finish()
+                }
+                (None, Some(hashers)) => hashers.finish(),
+                (None, None) => FileDigests::default(),
+            };
+            state.digests.insert(path, digests);
+        }
     }
     Ok(())
 }
 
-impl State {
+/// Feeds what is read to the hashers, if any.
+struct Tee<R> {
+    inner: R,
+    hashers: Option<Hashers>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(hashers) = &mut self.hashers {
+            hashers.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+impl State<'_> {
     /// The rules that need the whole bundle (the manifest may come last).
     fn finish(self) -> Result<BundleSummary, BundleError> {
         let manifest = self.summary.manifest.clone().unwrap_or_default();
@@ -447,7 +560,48 @@ impl State {
             }
         }
         self.data.check_roots(&roots)?;
+        self.check_signature()?;
         Ok(self.summary)
+    }
+
+    /// OPA's outcomes: no verification -> nothing to check (a signed
+    /// bundle was refused as it came); keyid configured and unsigned ->
+    /// refused; signed -> every file (minus exclusions) listed with its
+    /// hash, every listed file present.
+    fn check_signature(&self) -> Result<(), BundleError> {
+        let Some(verification) = self.verification else {
+            return Ok(());
+        };
+        let Some(signed) = &self.signed else {
+            if verification.requires_signature() {
+                return Err(BundleError::Signature {
+                    path: ".signatures.json".into(),
+                    message: "missing: the bundle is not signed, and signing.keyid is configured"
+                        .into(),
+                });
+            }
+            return Ok(());
+        };
+        for (path, digests) in &self.digests {
+            if verification.excluded(path) {
+                continue;
+            }
+            signing::check_file(signed.get(path), digests).map_err(|message| {
+                BundleError::Signature {
+                    path: path.clone(),
+                    message,
+                }
+            })?;
+        }
+        for name in signed.keys() {
+            if !self.digests.contains_key(name) {
+                return Err(BundleError::Signature {
+                    path: name.clone(),
+                    message: "listed in the bundle signature but not in the bundle".into(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -37,12 +37,14 @@
 mod bundle;
 mod env;
 mod error;
+mod keys;
 mod limits;
 mod service;
 mod tree;
 
 pub use bundle::{Bundle, Polling};
 pub use error::ConfigError;
+pub use keys::{ALGORITHMS, Key, Signing};
 pub use limits::BundleLimits;
 pub use service::{BearerCredentials, Credentials, Service};
 
@@ -56,6 +58,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// `bundles`, in file order; may be empty (the caller decides).
     pub bundles: Vec<Bundle>,
+    /// `keys`, in file order: what bundle signatures are verified with.
+    pub keys: Vec<Key>,
     /// `persistence_directory`; default `./.opa`, relative to the current
     /// directory (OPA's default is `$PWD/.opa`).
     pub persistence_directory: PathBuf,
@@ -101,6 +105,7 @@ impl Config {
 
         let mut ignored_keys = Vec::new();
         let (mut services, mut bundles, mut persistence_directory) = (None, None, None);
+        let mut keys = None;
         let mut polhost = serde_json::Value::Null;
         let mut polhost_node = None;
         for (key, value) in top {
@@ -108,6 +113,7 @@ impl Config {
                 "services" => services = Some(value),
                 "bundles" => bundles = Some(value),
                 "persistence_directory" => persistence_directory = Some(value),
+                "keys" => keys = Some(value),
                 "polhost" => {
                     polhost = value.to_json();
                     polhost_node = Some(value);
@@ -118,7 +124,8 @@ impl Config {
 
         let services = service::parse_services(services, &mut ignored_keys)?;
         let bundle_limits = limits::parse(polhost_node, &mut ignored_keys)?;
-        let bundles = bundle::parse_bundles(bundles, &services, &mut ignored_keys)?;
+        let keys = keys::parse_keys(keys, &mut ignored_keys)?;
+        let bundles = bundle::parse_bundles(bundles, &services, &keys, &mut ignored_keys)?;
         let persistence_directory = match persistence_directory {
             None | Some(Node::Null) => PathBuf::from(DEFAULT_PERSISTENCE_DIRECTORY),
             Some(Node::String(dir)) if dir.is_empty() => {
@@ -139,6 +146,7 @@ impl Config {
         Ok(Config {
             services,
             bundles,
+            keys,
             persistence_directory,
             ignored_keys,
             polhost,
@@ -222,6 +230,7 @@ pub(crate) mod tests {
                     long_polling_timeout: None,
                 },
                 size_limit_bytes: 1073741824,
+                signing: None,
             }]
         );
         assert_eq!(config.persistence_directory, PathBuf::from("./.opa"));
@@ -388,11 +397,9 @@ polhost: {bundle: {}}
             config.ignored_keys,
             [
                 "labels",
-                "keys",
                 "decision_logs",
                 "services.acmecorp.tls",
                 "services.acmecorp.credentials.bearer.extra",
-                "bundles.authz.signing",
                 "bundles.authz.trigger",
                 "bundles.authz.polling.jitter",
                 "bundles.other.unknown_thing",
