@@ -23,7 +23,7 @@ use crate::digest::HashingReader;
 use crate::download::{self, Download, DownloadJob, FetchError};
 use crate::runtime::{FetcherComponent, Limits, Runtime, RuntimeError};
 use crate::sandbox::Grant;
-use crate::store::{BundleDir, Metadata};
+use crate::store::{self, BundleDir, Metadata};
 use crate::{fetchers, schedule};
 
 /// Where an active bundle came from.
@@ -429,45 +429,67 @@ impl Shared {
             return None;
         }
         let dir = self.dir(bundle);
-        let path = dir.bundle_path();
-        if !path.exists() {
-            return None;
-        }
         let verification = self.verifications.get(&bundle.name).map(|v| &**v);
-        match validate_file(&path, self.limits(bundle), verification) {
-            Ok((summary, sha256, size)) => {
-                // Metadata that does not match its bundle (a crash between
-                // the two renames) is not trusted: without its etag the
-                // next poll downloads the bundle again.
-                let etag = dir
-                    .metadata()
-                    .filter(|m| m.sha256 == sha256)
-                    .and_then(|m| m.etag);
-                let metadata = Metadata {
-                    etag,
-                    sha256,
-                    revision: summary.revision().to_string(),
-                    size,
-                    fetched_at: String::new(),
+        // The current pair, else the previous one: a pair is used only if
+        // the bundle validates and its metadata names its digest.
+        for (i, (path, meta_path)) in dir.pairs().into_iter().enumerate() {
+            if !path.exists() {
+                continue;
+            }
+            let (summary, sha256, size) =
+                match validate_file(&path, self.limits(bundle), verification) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        warn!(path = %path.display(), "persisted bundle refused: {e}");
+                        continue;
+                    }
                 };
-                let roots = summary.roots();
-                let mut active = self.active.lock().expect("active lock");
-                if let Err(message) = check_roots(&active, &bundle.name, &roots) {
-                    drop(active);
-                    self.fail(bundle, "roots", message);
+            let recorded = match store::read_metadata(&meta_path) {
+                Some(m) if m.sha256 == sha256 => m,
+                other => {
+                    warn!(
+                        path = %path.display(),
+                        "persisted bundle refused: {} does not match it (sha256 {} recorded, file has {sha256})",
+                        meta_path.display(),
+                        other.map(|m| m.sha256).unwrap_or_else(|| "missing".into())
+                    );
+                    continue;
+                }
+            };
+            let path = if i == 0 {
+                path
+            } else {
+                if let Err(e) = dir.promote_previous() {
+                    warn!(dir = %dir.path().display(), "restoring the previous bundle: {e}");
                     return None;
                 }
-                let activation = activation(bundle, metadata, roots, path, Source::Disk);
-                active.insert(bundle.name.clone(), activation.clone());
+                info!("using the previous persisted bundle instead");
+                dir.bundle_path()
+            };
+            let metadata = Metadata {
+                etag: recorded.etag,
+                sha256,
+                revision: summary.revision().to_string(),
+                size,
+                fetched_at: recorded.fetched_at,
+            };
+            let roots = summary.roots();
+            let mut active = self.active.lock().expect("active lock");
+            if let Err(message) = check_roots(&active, &bundle.name, &roots) {
                 drop(active);
-                self.announce_activation(&activation);
-                Some(activation)
+                self.fail(bundle, "roots", message);
+                return None;
             }
-            Err(e) => {
-                warn!(path = %path.display(), "persisted bundle refused, downloading it again: {e}");
-                None
-            }
+            let activation = activation(bundle, metadata, roots, path, Source::Disk);
+            active.insert(bundle.name.clone(), activation.clone());
+            drop(active);
+            self.announce_activation(&activation);
+            return Some(activation);
         }
+        if dir.bundle_path().exists() {
+            warn!("no usable persisted bundle: downloading it again");
+        }
+        None
     }
 }
 

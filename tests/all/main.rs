@@ -11,5 +11,6 @@ mod bundle_rules;
 mod cli_config;
 mod http_fetcher;
 mod long_polling;
+mod persistence;
 mod sandbox;
 mod signatures;

@@ -287,14 +287,14 @@ pub fn validate_with(
         let n = match rest.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(bomb(BundleError::Corrupt(e)));
-            }
-            Err(e) => {
+            // After a whole gzip member, the decoder reads what follows as
+            // the next member's header.
+            Err(e) if e.to_string().contains("invalid gzip header") => {
                 return Err(bomb(BundleError::Trailing(format!(
-                    "the gzip stream does not end cleanly: {e}"
+                    "bytes after the gzip stream are not a gzip member: {e}"
                 ))));
             }
+            Err(e) => return Err(bomb(BundleError::Corrupt(e))),
         };
         if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
             return Err(BundleError::Trailing(format!(
@@ -1009,5 +1009,72 @@ mod tests {
         let manifest = summary.manifest.unwrap();
         assert_eq!(manifest.rego_version, Some(1));
         assert_eq!(manifest.metadata.unwrap()["k"], "v");
+    }
+}
+
+#[cfg(test)]
+mod bit_rot {
+    use super::*;
+
+    #[test]
+    fn any_flipped_bit_that_changes_the_content_is_refused() {
+        let bundle = crate::bundle::testing::tar_gz(&[
+            (
+                ".manifest",
+                br#"{"revision":"v1","roots":["authz"]}"#.as_slice(),
+            ),
+            (
+                "authz/policy.rego",
+                b"package authz\n\ndefault allow := false\n",
+            ),
+            ("authz/data.json", br#"{"revision":"v1"}"#),
+        ]);
+        let mut accepted = Vec::new();
+        for i in 0..bundle.len() {
+            let mut rotten = bundle.clone();
+            rotten[i] ^= 0x40;
+            if validate(rotten.as_slice(), ValidationLimits::new(1 << 20)).is_ok() {
+                // Deflate has slack (header mtime, unused Huffman codes):
+                // only a flip that leaves the content intact may pass.
+                let mut out = Vec::new();
+                let mut orig = Vec::new();
+                MultiGzDecoder::new(rotten.as_slice())
+                    .read_to_end(&mut out)
+                    .unwrap();
+                MultiGzDecoder::new(bundle.as_slice())
+                    .read_to_end(&mut orig)
+                    .unwrap();
+                if out != orig {
+                    accepted.push(i);
+                }
+            }
+        }
+        assert!(accepted.is_empty(), "len {}: {accepted:?}", bundle.len());
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, content) in [
+            (
+                ".manifest",
+                br#"{"revision":"v1","roots":["authz"]}"#.to_vec(),
+            ),
+            (
+                "authz/policy.rego",
+                b"package authz\n\ndefault allow := false\n".to_vec(),
+            ),
+            ("authz/data.json", br#"{"revision":"v1"}"#.to_vec()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            builder
+                .append_data(&mut header, path, content.as_slice())
+                .unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &builder.into_inner().unwrap()).unwrap();
+        let mut bundle = gz.finish().unwrap();
+        let n = bundle.len();
+        bundle[n - 8] ^= 0x40;
+        let r = validate(bundle.as_slice(), ValidationLimits::new(1 << 20));
+        assert!(r.is_err(), "len {n}: {r:?}");
     }
 }
