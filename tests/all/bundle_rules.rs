@@ -112,3 +112,41 @@ fn delta_bundle_is_refused_as_not_supported() {
         run.stderr
     );
 }
+
+#[test]
+fn polhost_bundle_caps_from_the_config_are_applied() {
+    // Text that deflates well under the default 200:1 but above 3:1.
+    let text: Vec<u8> = (0..4 << 20)
+        .map(|i: u32| b"abcdefghij"[(i as usize / 7 + i as usize / 97) % 10])
+        .collect();
+    let lax = tar_gz(&[
+        (".manifest", br#"{"roots":["authz"]}"#.to_vec()),
+        ("authz/big.txt", text),
+    ]);
+    let work = Workdir::new();
+    let root = work.path().join("www");
+    publish(&root.join("bundles/one"), &lax, 0);
+    let server = Nginx::start(NginxOptions {
+        root,
+        ..NginxOptions::default()
+    });
+    let base = format!(
+        "services:\n  web:\n    url: {}\nbundles:\n  one:\n    persist: true\n",
+        server.url()
+    );
+    let cfg = work.config(&base);
+    let run = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert!(run.status.success(), "{}", run.stderr);
+
+    let strict = format!("{base}polhost:\n  bundle:\n    max_expansion_ratio: 3\n");
+    std::fs::remove_dir_all(work.state()).unwrap();
+    let cfg = work.config(&strict);
+    let run = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("gzip bomb refused")
+            && run.stderr.contains("exceeds max_expansion_ratio (3)"),
+        "{}",
+        run.stderr
+    );
+}
