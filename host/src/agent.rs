@@ -17,13 +17,13 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits};
-use crate::config::{Bundle, Config, Service};
+use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits, Verification};
+use crate::config::{Bundle, BundleLimits, Config, Service};
 use crate::digest::HashingReader;
 use crate::download::{self, Download, DownloadJob, FetchError};
 use crate::runtime::{FetcherComponent, Limits, Runtime, RuntimeError};
 use crate::sandbox::Grant;
-use crate::store::{BundleDir, Metadata};
+use crate::store::{self, BundleDir, Metadata};
 use crate::{fetchers, schedule};
 
 /// Where an active bundle came from.
@@ -52,6 +52,8 @@ pub struct Activation {
     pub path: PathBuf,
     /// Where it came from.
     pub source: Source,
+    /// The roots it owns (`[""]`: everything).
+    pub roots: Vec<String>,
 }
 
 /// What the agent reports to subscribers.
@@ -81,6 +83,9 @@ pub enum AgentError {
         service_type: String,
         available: String,
     },
+    /// A key in `keys` cannot be used (the message names its field).
+    #[error("{0}")]
+    Key(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("persistence_directory {path}: {source}")]
@@ -99,6 +104,9 @@ struct Shared {
     persistence_directory: PathBuf,
     events: broadcast::Sender<Event>,
     active: Mutex<HashMap<String, Activation>>,
+    bundle_limits: BundleLimits,
+    /// Per bundle name, how its signature is verified.
+    verifications: HashMap<String, Arc<Verification>>,
 }
 
 /// The agent. Build it with [`Agent::new`], subscribe, then [`Agent::run`].
@@ -154,6 +162,14 @@ impl Agent {
                 source,
             })?;
         }
+        let mut verifications = HashMap::new();
+        for bundle in &config.bundles {
+            if let Some(verification) =
+                Verification::new(&config.keys, bundle.signing.as_ref()).map_err(AgentError::Key)?
+            {
+                verifications.insert(bundle.name.clone(), Arc::new(verification));
+            }
+        }
         let (events, _) = broadcast::channel(256);
         Ok(Agent {
             shared: Arc::new(Shared {
@@ -163,6 +179,8 @@ impl Agent {
                 persistence_directory: config.persistence_directory.clone(),
                 events,
                 active: Mutex::new(HashMap::new()),
+                bundle_limits: config.bundle_limits,
+                verifications,
             }),
             bundles: config.bundles,
         })
@@ -305,7 +323,11 @@ impl Shared {
                 let long_polling = fetched.info.long_polling;
                 match self.commit(bundle, fetched) {
                     Ok(activation) => Ok((Some(activation), Polled { long_polling })),
-                    Err(e) => {
+                    Err(Refused::Roots(message)) => {
+                        self.fail(bundle, "roots", message);
+                        Err(())
+                    }
+                    Err(Refused::Io(e)) => {
                         self.fail(bundle, "io", format!("persisting the bundle: {e}"));
                         Err(())
                     }
@@ -342,12 +364,24 @@ impl Shared {
             // response: after a failed download, ask for it all again.
             etag: active.and_then(|a| a.etag.clone()),
             dir: &dir,
+            limits: self.limits(bundle),
+            verification: self.verifications.get(&bundle.name).cloned(),
         })
         .await
     }
 
-    fn commit(&self, bundle: &Bundle, fetched: download::Fetched) -> std::io::Result<Activation> {
+    fn limits(&self, bundle: &Bundle) -> ValidationLimits {
+        self.bundle_limits.for_bundle(bundle.size_limit_bytes)
+    }
+
+    /// Persists and activates a downloaded bundle, unless its roots
+    /// collide with another active bundle's (checked first, under the lock
+    /// that activation takes, so two bundles cannot both slip in).
+    fn commit(&self, bundle: &Bundle, fetched: download::Fetched) -> Result<Activation, Refused> {
         let dir = self.dir(bundle);
+        let roots = fetched.summary.roots();
+        let mut active = self.active.lock().expect("active lock");
+        check_roots(&active, &bundle.name, &roots).map_err(Refused::Roots)?;
         let metadata = Metadata {
             etag: fetched.info.etag.clone(),
             sha256: fetched.sha256.clone(),
@@ -355,26 +389,15 @@ impl Shared {
             size: fetched.size,
             fetched_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
-        let path = dir.commit(fetched.file, &metadata)?;
-        Ok(self.activate(bundle, metadata, path, Source::Download))
+        let path = dir.commit(fetched.file, &metadata).map_err(Refused::Io)?;
+        let activation = activation(bundle, metadata, roots, path, Source::Download);
+        active.insert(bundle.name.clone(), activation.clone());
+        drop(active);
+        self.announce_activation(&activation);
+        Ok(activation)
     }
 
-    fn activate(
-        &self,
-        bundle: &Bundle,
-        metadata: Metadata,
-        path: PathBuf,
-        source: Source,
-    ) -> Activation {
-        let activation = Activation {
-            bundle: bundle.name.clone(),
-            revision: metadata.revision,
-            sha256: metadata.sha256,
-            size: metadata.size,
-            etag: metadata.etag,
-            path,
-            source,
-        };
+    fn announce_activation(&self, activation: &Activation) {
         info!(
             revision = %activation.revision,
             size = activation.size,
@@ -383,12 +406,7 @@ impl Shared {
             path = %activation.path.display(),
             "bundle activated"
         );
-        self.active
-            .lock()
-            .expect("active lock")
-            .insert(bundle.name.clone(), activation.clone());
         self.announce(Event::Activated(activation.clone()));
-        activation
     }
 
     fn fail(&self, bundle: &Bundle, kind: &'static str, message: String) {
@@ -412,37 +430,117 @@ impl Shared {
             return None;
         }
         let dir = self.dir(bundle);
-        let path = dir.bundle_path();
-        if !path.exists() {
-            return None;
-        }
-        let limits = ValidationLimits {
-            file_size_limit: bundle.size_limit_bytes,
-        };
-        match validate_file(&path, limits) {
-            Ok((summary, sha256, size)) => {
-                // Metadata that does not match its bundle (a crash between
-                // the two renames) is not trusted: without its etag the
-                // next poll downloads the bundle again.
-                let etag = dir
-                    .metadata()
-                    .filter(|m| m.sha256 == sha256)
-                    .and_then(|m| m.etag);
-                let metadata = Metadata {
-                    etag,
-                    sha256,
-                    revision: summary.revision().to_string(),
-                    size,
-                    fetched_at: String::new(),
-                };
-                Some(self.activate(bundle, metadata, path, Source::Disk))
+        let verification = self.verifications.get(&bundle.name).map(|v| &**v);
+        // The current pair, else the previous one: a pair is used only if
+        // the bundle validates and its metadata names its digest.
+        for (i, (path, meta_path)) in dir.pairs().into_iter().enumerate() {
+            if !path.exists() {
+                continue;
             }
-            Err(e) => {
-                warn!(path = %path.display(), "persisted bundle refused, downloading it again: {e}");
-                None
+            let (summary, sha256, size) =
+                match validate_file(&path, self.limits(bundle), verification) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        warn!(path = %path.display(), "persisted bundle refused: {e}");
+                        continue;
+                    }
+                };
+            let recorded = match store::read_metadata(&meta_path) {
+                Some(m) if m.sha256 == sha256 => m,
+                other => {
+                    warn!(
+                        path = %path.display(),
+                        "persisted bundle refused: {} does not match it (sha256 {} recorded, file has {sha256})",
+                        meta_path.display(),
+                        other.map(|m| m.sha256).unwrap_or_else(|| "missing".into())
+                    );
+                    continue;
+                }
+            };
+            let path = if i == 0 {
+                path
+            } else {
+                if let Err(e) = dir.promote_previous() {
+                    warn!(dir = %dir.path().display(), "restoring the previous bundle: {e}");
+                    return None;
+                }
+                info!("using the previous persisted bundle instead");
+                dir.bundle_path()
+            };
+            let metadata = Metadata {
+                etag: recorded.etag,
+                sha256,
+                revision: summary.revision().to_string(),
+                size,
+                fetched_at: recorded.fetched_at,
+            };
+            let roots = summary.roots();
+            let mut active = self.active.lock().expect("active lock");
+            if let Err(message) = check_roots(&active, &bundle.name, &roots) {
+                drop(active);
+                self.fail(bundle, "roots", message);
+                return None;
+            }
+            let activation = activation(bundle, metadata, roots, path, Source::Disk);
+            active.insert(bundle.name.clone(), activation.clone());
+            drop(active);
+            self.announce_activation(&activation);
+            return Some(activation);
+        }
+        if dir.bundle_path().exists() {
+            warn!("no usable persisted bundle: downloading it again");
+        }
+        None
+    }
+}
+
+/// Why a downloaded bundle was not activated.
+enum Refused {
+    /// Its roots collide with another active bundle's.
+    Roots(String),
+    /// It could not be persisted.
+    Io(std::io::Error),
+}
+
+fn activation(
+    bundle: &Bundle,
+    metadata: Metadata,
+    roots: Vec<String>,
+    path: PathBuf,
+    source: Source,
+) -> Activation {
+    Activation {
+        bundle: bundle.name.clone(),
+        revision: metadata.revision,
+        sha256: metadata.sha256,
+        size: metadata.size,
+        etag: metadata.etag,
+        path,
+        source,
+        roots,
+    }
+}
+
+/// OPA's rule across bundles: no two active bundles may own overlapping
+/// roots. Says which roots of which bundles collide.
+fn check_roots(
+    active: &HashMap<String, Activation>,
+    name: &str,
+    roots: &[String],
+) -> Result<(), String> {
+    let mut others: Vec<_> = active.values().filter(|a| a.bundle != name).collect();
+    others.sort_by(|a, b| a.bundle.cmp(&b.bundle));
+    for other in others {
+        for mine in roots {
+            if let Some(theirs) = other.roots.iter().find(|r| bundle::roots_overlap(mine, r)) {
+                return Err(format!(
+                    "bundle {name:?} not activated: its root {mine:?} overlaps root {theirs:?} of active bundle {:?}",
+                    other.bundle
+                ));
             }
         }
     }
+    Ok(())
 }
 
 /// Where compiled fetchers are cached: the user's cache directory
@@ -464,10 +562,11 @@ fn component_cache_dir(persistence_directory: &Path) -> PathBuf {
 fn validate_file(
     path: &Path,
     limits: ValidationLimits,
+    verification: Option<&Verification>,
 ) -> Result<(BundleSummary, String, u64), BundleError> {
     let file = File::open(path).map_err(BundleError::Io)?;
     let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
-    let summary = bundle::validate(&mut reader, limits)?;
+    let summary = bundle::validate_with(&mut reader, limits, verification)?;
     reader.drain().map_err(BundleError::Io)?;
     let (sha256, size) = reader.finish();
     Ok((summary, sha256, size))

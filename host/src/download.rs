@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 
-use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits};
+use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits, Verification};
 use crate::config;
 use crate::runtime::{
     self, BundleSink, ErrorKind, FetchOutcome, FetcherComponent, ResponseInfo, Runtime,
@@ -123,6 +123,10 @@ pub struct DownloadJob<'a> {
     pub etag: Option<String>,
     /// Where the temp file goes (the bundle's own directory).
     pub dir: &'a BundleDir,
+    /// What the bundle's archive may hold.
+    pub limits: ValidationLimits,
+    /// How its signature is verified (`None`: no keys, no `signing`).
+    pub verification: Option<Arc<Verification>>,
 }
 
 /// Runs one download.
@@ -136,10 +140,10 @@ pub async fn download(job: DownloadJob<'_>) -> Result<Download, FetchError> {
         .temp_file()
         .map_err(io_error("creating a temp file"))?;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    let limits = ValidationLimits {
-        file_size_limit: job.bundle.size_limit_bytes,
-    };
-    let consumer = tokio::task::spawn_blocking(move || consume(rx, file, limits));
+    let limits = job.limits;
+    let verification = job.verification.clone();
+    let consumer =
+        tokio::task::spawn_blocking(move || consume(rx, file, limits, verification.as_deref()));
     let failure = SinkFailureSlot::default();
     let sink = BundleSink::new(tx, job.bundle.size_limit_bytes, failure.clone());
 
@@ -246,6 +250,7 @@ fn consume(
     rx: mpsc::Receiver<Bytes>,
     file: NamedTempFile,
     limits: ValidationLimits,
+    verification: Option<&Verification>,
 ) -> Result<ConsumedBundle, Consumed> {
     let (to_writer, writer_rx) = std::sync::mpsc::sync_channel(CHANNEL_CHUNKS);
     let writer = std::thread::Builder::new()
@@ -258,7 +263,7 @@ fn consume(
         ended: false,
         copy_to: Some(to_writer),
     };
-    let validated = bundle::validate(&mut input, limits).and_then(|summary| {
+    let validated = bundle::validate_with(&mut input, limits, verification).and_then(|summary| {
         // Whatever follows the archive is part of the file and its digest.
         io::copy(&mut input, &mut io::sink()).map_err(BundleError::Io)?;
         Ok(summary)

@@ -106,7 +106,7 @@ async fn run(path: PathBuf, once: bool) -> Result<ExitCode, Failure> {
         tracing::warn!("{}: no bundles configured", path.display());
     }
     let agent = Agent::new(config, Limits::default()).map_err(|e| match e {
-        polhost::AgentError::NoFetcher { .. } => {
+        polhost::AgentError::NoFetcher { .. } | polhost::AgentError::Key(_) => {
             Failure::Config(anyhow::Error::new(e).context(path.display().to_string()))
         }
         e => Failure::Other(e.into()),

@@ -20,6 +20,10 @@ use tempfile::NamedTempFile;
 pub const BUNDLE_FILE: &str = "bundle.tar.gz";
 /// The metadata file's name in its directory.
 pub const METADATA_FILE: &str = "metadata.json";
+/// The bundle that was current before the last commit (a hard link).
+pub const PREVIOUS_BUNDLE_FILE: &str = "previous.tar.gz";
+/// Its metadata.
+pub const PREVIOUS_METADATA_FILE: &str = "previous.metadata.json";
 /// Temp files start with this, so leftovers of a crash are recognisable.
 const TEMP_PREFIX: &str = ".download-";
 
@@ -86,29 +90,83 @@ impl BundleDir {
     }
 
     /// Makes `bundle` (already fsynced by the writer, or synced here) the
-    /// bundle of this directory, then its metadata. A crash between the two
-    /// leaves a metadata file whose digest does not match: the agent then
-    /// ignores the metadata (and its etag), never the bundle.
+    /// bundle of this directory, then its metadata, keeping the pair that
+    /// was current as the previous pair. A crash at any point leaves a
+    /// current pair that matches, or a mismatched one and a previous pair
+    /// that matches: [`BundleDir::pairs`] gives both, for the loader to
+    /// check.
     pub fn commit(&self, bundle: NamedTempFile, metadata: &Metadata) -> io::Result<PathBuf> {
         bundle.as_file().sync_all()?;
         let path = self.bundle_path();
+        let meta_path = self.dir.join(METADATA_FILE);
+        if path.exists() && meta_path.exists() {
+            self.link_replacing(&meta_path, PREVIOUS_METADATA_FILE)?;
+            self.link_replacing(&path, PREVIOUS_BUNDLE_FILE)?;
+            self.sync_dir()?;
+        }
         bundle.persist(&path).map_err(|e| e.error)?;
+        self.sync_dir()?;
         let mut meta = self.temp_file()?;
         serde_json::to_writer_pretty(&mut meta, metadata)?;
         meta.write_all(b"\n")?;
         meta.as_file().sync_all()?;
-        meta.persist(self.dir.join(METADATA_FILE))
-            .map_err(|e| e.error)?;
-        File::open(&self.dir)?.sync_all()?;
+        meta.persist(&meta_path).map_err(|e| e.error)?;
+        self.sync_dir()?;
         Ok(path)
+    }
+
+    /// Hard-links `from` as `name` in this directory, through a temp name
+    /// and a rename, so `name` is never missing once it exists.
+    fn link_replacing(&self, from: &Path, name: &str) -> io::Result<()> {
+        let temp = self
+            .dir
+            .join(format!("{TEMP_PREFIX}link-{}-{name}", std::process::id()));
+        let _ = fs::remove_file(&temp);
+        fs::hard_link(from, &temp)?;
+        fs::rename(&temp, self.dir.join(name))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// The (bundle, metadata) pairs on disk, current first then previous,
+    /// for the loader to try in turn.
+    pub fn pairs(&self) -> [(PathBuf, PathBuf); 2] {
+        [
+            (self.bundle_path(), self.dir.join(METADATA_FILE)),
+            (
+                self.dir.join(PREVIOUS_BUNDLE_FILE),
+                self.dir.join(PREVIOUS_METADATA_FILE),
+            ),
+        ]
+    }
+
+    /// Makes the previous pair current again (after the current one was
+    /// refused at load): metadata first, so a crash in between leaves a
+    /// mismatched pair, never a wrong match.
+    pub fn promote_previous(&self) -> io::Result<()> {
+        fs::rename(
+            self.dir.join(PREVIOUS_METADATA_FILE),
+            self.dir.join(METADATA_FILE),
+        )?;
+        fs::rename(self.dir.join(PREVIOUS_BUNDLE_FILE), self.bundle_path())?;
+        self.sync_dir()
     }
 
     /// The metadata recorded for the bundle, if there is a readable file.
     pub fn metadata(&self) -> Option<Metadata> {
-        let text = fs::read(self.dir.join(METADATA_FILE)).ok()?;
-        serde_json::from_slice(&text).ok()
+        read_metadata(&self.dir.join(METADATA_FILE))
     }
 }
+
+/// A metadata file, if it exists and parses.
+pub fn read_metadata(path: &Path) -> Option<Metadata> {
+    let text = fs::read(path).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+impl BundleDir {}
 
 #[cfg(test)]
 mod tests {
@@ -136,11 +194,26 @@ mod tests {
             assert_eq!(fs::read(dir.bundle_path()).unwrap(), content);
         }
         assert_eq!(dir.metadata().unwrap(), metadata("x"));
-        let names: Vec<_> = fs::read_dir(dir.path())
+        let mut names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names.len(), 2, "{names:?}");
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "bundle.tar.gz",
+                "metadata.json",
+                "previous.metadata.json",
+                "previous.tar.gz"
+            ]
+        );
+        assert_eq!(
+            fs::read(dir.path().join(PREVIOUS_BUNDLE_FILE)).unwrap(),
+            b"one"
+        );
+        dir.promote_previous().unwrap();
+        assert_eq!(fs::read(dir.bundle_path()).unwrap(), b"one");
         assert!(dir.path().ends_with("bundles/authz"));
     }
 

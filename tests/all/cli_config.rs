@@ -160,7 +160,7 @@ fn invalid_yaml_names_file_and_line() {
 #[test]
 fn unimplemented_keys_get_one_warning_naming_them() {
     let (run, _) = run_config(&format!(
-        "{SERVICE}bundles:\n  authz:\n    signing:\n      keyid: k\nkeys:\n  k:\n    key: secret\ndecision_logs:\n  console: true\n"
+        "{SERVICE}bundles:\n  authz:\n    trigger: manual\nlabels:\n  app: x\ndecision_logs:\n  console: true\n"
     ));
     let warnings: Vec<_> = run
         .stderr
@@ -168,7 +168,7 @@ fn unimplemented_keys_get_one_warning_naming_them() {
         .filter(|l| l.contains("ignoring configuration keys"))
         .collect();
     assert_eq!(warnings.len(), 1, "{}", run.stderr);
-    for key in ["bundles.authz.signing", "keys", "decision_logs"] {
+    for key in ["bundles.authz.trigger", "labels", "decision_logs"] {
         assert!(warnings[0].contains(key), "{key} missing: {}", warnings[0]);
     }
     // Not a config error: it goes on to fetch (and fails: nothing listens on :9).

@@ -3,15 +3,19 @@
 //! starts on 127.0.0.1 (install them with `tests/harness/install.sh`).
 
 mod harness;
+mod hostile_corpus;
 mod support;
 
 mod azure;
 mod bad_downloads;
+mod bundle_rules;
 mod cli_config;
 mod gcs;
 mod http_fetcher;
 mod long_polling;
 mod oci;
+mod persistence;
 mod s3;
 mod sandbox;
 mod sandbox_limits;
+mod signatures;

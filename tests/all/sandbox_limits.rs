@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use polhost::bundle::ValidationLimits;
 use polhost::config::Config;
 use polhost::download::{self, Download, DownloadJob, FetchError};
 use polhost::runtime::{Limits, Runtime, RuntimeError};
@@ -49,6 +50,8 @@ async fn attempt(attempt: &str, url: &str, limits: Limits) -> Result<Download, F
         bundle: &config.bundles[0],
         etag: None,
         dir: &dir,
+        limits: ValidationLimits::new(config.bundles[0].size_limit_bytes),
+        verification: None,
     })
     .await
 }

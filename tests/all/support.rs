@@ -250,6 +250,13 @@ impl Polhost {
         (start.elapsed(), status)
     }
 
+    /// Sends SIGKILL now and reaps the process.
+    pub fn terminate_now(&mut self) -> ExitStatus {
+        // SAFETY: plain syscall on our own, unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+        self.wait_exit(PATIENCE)
+    }
+
     /// Waits for polhost to exit; kills it and panics past `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;

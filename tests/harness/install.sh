@@ -172,6 +172,18 @@ ensure_gcs() {
   fi
 }
 
+# PyJWT with its crypto extra: the signature tests sign bundles with it,
+# independently of polhost's own code (python3 alone runs the generators).
+ensure_pyjwt() {
+  ensure_venv
+  if "$VENV/bin/python" -c 'import jwt, cryptography' 2>/dev/null; then
+    echo "PyJWT: found $("$VENV/bin/python" -c 'import jwt; print(jwt.__version__)')"
+  else
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'PyJWT[crypto]>=2.8'
+    echo "PyJWT: installed $("$VENV/bin/python" -c 'import jwt; print(jwt.__version__)')"
+  fi
+}
+
 ensure_curl
 ensure_nginx
 ensure_docker_registry
@@ -182,3 +194,4 @@ ensure_oras
 ensure_moto
 ensure_azurite
 ensure_gcs
+ensure_pyjwt

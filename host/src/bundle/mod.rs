@@ -5,9 +5,17 @@
 //! and never writes anything.
 
 mod manifest;
+mod rules;
+mod signing;
 #[cfg(test)]
 pub(crate) mod testing;
 mod validate;
 
-pub use manifest::Manifest;
-pub use validate::{BundleError, BundleSummary, ValidationLimits, validate};
+pub use manifest::{Manifest, WasmResolver};
+pub use rules::roots_overlap;
+pub use signing::{Verification, canonical_json, canonical_yaml};
+pub use validate::{
+    BundleError, BundleSummary, DEFAULT_MAX_DATA_KEYS, DEFAULT_MAX_EXPANSION_RATIO,
+    DEFAULT_MAX_UNCOMPRESSED_BYTES, EXPANSION_GRACE_BYTES, ValidationLimits, validate,
+    validate_with,
+};

@@ -2,6 +2,7 @@
 //! Owns its validation; it does not check that a bundle exists remotely.
 
 use super::error::ConfigError;
+use super::keys::{self, Key, Signing};
 use super::service::Service;
 use super::tree::{self, Node};
 use serde::Deserialize;
@@ -24,6 +25,8 @@ pub struct Bundle {
     pub polling: Polling,
     /// The largest bundle accepted, in bytes (default 1 GiB, never 0).
     pub size_limit_bytes: u64,
+    /// `signing`, when set.
+    pub signing: Option<Signing>,
 }
 
 /// `bundles.<name>.polling`.
@@ -51,8 +54,7 @@ const DEFAULT_MIN_DELAY_SECONDS: u64 = 60;
 const DEFAULT_MAX_DELAY_SECONDS: u64 = 120;
 const DEFAULT_SIZE_LIMIT_BYTES: u64 = 1 << 30;
 
-/// The keys of a bundle polhost reads; any other (e.g. `signing`) is
-/// reported as ignored.
+/// The keys of a bundle polhost reads; any other is reported as ignored.
 const BUNDLE_KEYS: &[&str] = &[
     "service",
     "resource",
@@ -60,6 +62,7 @@ const BUNDLE_KEYS: &[&str] = &[
     "polling",
     "size_limit_bytes",
     "trigger",
+    "signing",
 ];
 
 const POLLING_KEYS: &[&str] = &[
@@ -77,6 +80,9 @@ struct BundleSection {
     polling: Option<PollingSection>,
     size_limit_bytes: Option<u64>,
     trigger: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    signing: serde::de::IgnoredAny,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +98,7 @@ struct PollingSection {
 pub(crate) fn parse_bundles(
     node: Option<&Node>,
     services: &[Service],
+    keys: &[Key],
     ignored: &mut Vec<String>,
 ) -> Result<Vec<Bundle>, ConfigError> {
     let Some(node) = node else {
@@ -99,7 +106,7 @@ pub(crate) fn parse_bundles(
     };
     node.entries("bundles")?
         .iter()
-        .map(|(name, value)| parse_bundle(name, value, services, ignored))
+        .map(|(name, value)| parse_bundle(name, value, services, keys, ignored))
         .collect()
 }
 
@@ -107,6 +114,7 @@ fn parse_bundle(
     name: &str,
     node: &Node,
     services: &[Service],
+    keys: &[Key],
     ignored: &mut Vec<String>,
 ) -> Result<Bundle, ConfigError> {
     let path = tree::join("bundles", name);
@@ -174,6 +182,15 @@ fn parse_bundle(
         Some(polling) => check_polling(&polling, &tree::join(&path, "polling"))?,
     };
 
+    let signing = match node.get("signing") {
+        None | Some(Node::Null) => None,
+        Some(signing) => Some(keys::parse_signing(
+            signing,
+            &tree::join(&path, "signing"),
+            keys,
+        )?),
+    };
+
     Ok(Bundle {
         name: name.to_string(),
         service,
@@ -181,6 +198,7 @@ fn parse_bundle(
         persist: section.persist.unwrap_or(false),
         polling,
         size_limit_bytes,
+        signing,
     })
 }
 

@@ -37,11 +37,15 @@
 mod bundle;
 mod env;
 mod error;
+mod keys;
+mod limits;
 mod service;
 mod tree;
 
 pub use bundle::{Bundle, Polling};
 pub use error::ConfigError;
+pub use keys::{ALGORITHMS, Key, Signing};
+pub use limits::BundleLimits;
 pub use service::{BearerCredentials, Credentials, Service};
 
 use std::path::{Path, PathBuf};
@@ -54,6 +58,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// `bundles`, in file order; may be empty (the caller decides).
     pub bundles: Vec<Bundle>,
+    /// `keys`, in file order: what bundle signatures are verified with.
+    pub keys: Vec<Key>,
     /// `persistence_directory`; default `./.opa`, relative to the current
     /// directory (OPA's default is `$PWD/.opa`).
     pub persistence_directory: PathBuf,
@@ -64,6 +70,8 @@ pub struct Config {
     /// The top-level `polhost` key, reserved for polhost's own settings, as
     /// written (`Null` when absent).
     pub polhost: serde_json::Value,
+    /// `polhost.bundle`: caps on what a bundle archive may expand to.
+    pub bundle_limits: BundleLimits,
 }
 
 /// The default `persistence_directory`.
@@ -97,19 +105,27 @@ impl Config {
 
         let mut ignored_keys = Vec::new();
         let (mut services, mut bundles, mut persistence_directory) = (None, None, None);
+        let mut keys = None;
         let mut polhost = serde_json::Value::Null;
+        let mut polhost_node = None;
         for (key, value) in top {
             match key.as_str() {
                 "services" => services = Some(value),
                 "bundles" => bundles = Some(value),
                 "persistence_directory" => persistence_directory = Some(value),
-                "polhost" => polhost = value.to_json(),
+                "keys" => keys = Some(value),
+                "polhost" => {
+                    polhost = value.to_json();
+                    polhost_node = Some(value);
+                }
                 _ => ignored_keys.push(key.clone()),
             }
         }
 
         let services = service::parse_services(services, &mut ignored_keys)?;
-        let bundles = bundle::parse_bundles(bundles, &services, &mut ignored_keys)?;
+        let bundle_limits = limits::parse(polhost_node, &mut ignored_keys)?;
+        let keys = keys::parse_keys(keys, &mut ignored_keys)?;
+        let bundles = bundle::parse_bundles(bundles, &services, &keys, &mut ignored_keys)?;
         let persistence_directory = match persistence_directory {
             None | Some(Node::Null) => PathBuf::from(DEFAULT_PERSISTENCE_DIRECTORY),
             Some(Node::String(dir)) if dir.is_empty() => {
@@ -130,9 +146,11 @@ impl Config {
         Ok(Config {
             services,
             bundles,
+            keys,
             persistence_directory,
             ignored_keys,
             polhost,
+            bundle_limits,
         })
     }
 }
@@ -212,6 +230,7 @@ pub(crate) mod tests {
                     long_polling_timeout: None,
                 },
                 size_limit_bytes: 1073741824,
+                signing: None,
             }]
         );
         assert_eq!(config.persistence_directory, PathBuf::from("./.opa"));
@@ -371,24 +390,22 @@ bundles:
     unknown_thing: true
 keys: {k: {key: secret}}
 decision_logs: {console: true}
-polhost: {fetchers: {}}
+polhost: {bundle: {}}
 ",
         );
         assert_eq!(
             config.ignored_keys,
             [
                 "labels",
-                "keys",
                 "decision_logs",
                 "services.acmecorp.tls",
                 "services.acmecorp.credentials.bearer.extra",
-                "bundles.authz.signing",
                 "bundles.authz.trigger",
                 "bundles.authz.polling.jitter",
                 "bundles.other.unknown_thing",
             ]
         );
-        assert_eq!(config.polhost, serde_json::json!({"fetchers": {}}));
+        assert_eq!(config.polhost, serde_json::json!({"bundle": {}}));
     }
 
     #[test]

@@ -1,0 +1,28 @@
+//! The streaming archive validator, with and without a signature check:
+//! any input must give a summary or a typed error, never a panic, and
+//! stay within the limits.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use polhost_fuzz::bundle::{ValidationLimits, Verification, validate, validate_with};
+use polhost_fuzz::config::Key;
+use polhost_fuzz::secret::Secret;
+
+fuzz_target!(|data: &[u8]| {
+    let limits = ValidationLimits {
+        file_size_limit: 1 << 20,
+        max_expansion_ratio: 200,
+        max_uncompressed_bytes: 8 << 20,
+        max_data_keys: 10_000,
+    };
+    let _ = validate(data, limits);
+    let key = Key {
+        id: "k".into(),
+        key: Secret::new("fuzz".into()),
+        algorithm: "HS256".into(),
+        scope: String::new(),
+    };
+    if let Ok(Some(verification)) = Verification::new(&[key], None) {
+        let _ = validate_with(data, limits, Some(&verification));
+    }
+});

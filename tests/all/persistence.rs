@@ -1,0 +1,230 @@
+//! Persisted bundles survive crashes and bit rot: what polhost restores at
+//! start is always a whole bundle that validates and matches its metadata,
+//! or nothing (and it downloads again).
+
+use std::fs;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::harness::nginx::{Nginx, NginxOptions};
+use crate::support::*;
+
+/// Bytes gzip cannot shrink (xorshift64).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn big_bundle(revision: &str, mib: usize, seed: u64) -> Vec<u8> {
+    tar_gz(&[
+        (
+            ".manifest",
+            format!(r#"{{"revision":"{revision}","roots":["authz"]}}"#).into_bytes(),
+        ),
+        ("authz/policy.rego", b"package authz\n".to_vec()),
+        ("authz/blob.bin", noise(mib << 20, seed)),
+    ])
+}
+
+/// A config whose service nothing listens on: a restart "against a
+/// stopped server" restores from disk only.
+fn offline_config(work: &Workdir) -> std::path::PathBuf {
+    let path = work.path().join("offline.yaml");
+    fs::write(
+        &path,
+        format!(
+            "services:\n  web:\n    url: http://127.0.0.1:9\nbundles:\n  authz:\n    resource: bundles/authz.tar.gz\n    persist: true\n\
+             persistence_directory: {}\n",
+            work.state().display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn online(work: &Workdir, server: &Nginx) -> std::path::PathBuf {
+    work.config(&format!(
+        "services:\n  web:\n    url: {}\nbundles:\n  authz:\n    resource: bundles/authz.tar.gz\n    persist: true\n    polling:\n      min_delay_seconds: 1\n      max_delay_seconds: 1\n",
+        server.url()
+    ))
+}
+
+#[test]
+fn bit_rot_in_the_persisted_bundle_is_refused_at_start_and_downloaded_again() {
+    let work = Workdir::new();
+    let root = work.path().join("www");
+    publish(&root.join("bundles/authz.tar.gz"), &bundle("v1"), 0);
+    let server = Nginx::start(NginxOptions {
+        root: root.clone(),
+        ..NginxOptions::default()
+    });
+    let cfg = online(&work, &server);
+    let first = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert!(first.status.success(), "{}", first.stderr);
+    let good = fs::read(work.persisted("authz")).unwrap();
+
+    // Edited by hand: still gzip, no longer the bundle the metadata names.
+    // (a flip in the gzip CRC)
+    let mut rotten = good.clone();
+    let crc = rotten.len() - 8;
+    rotten[crc] ^= 0x40;
+    fs::write(work.persisted("authz"), &rotten).unwrap();
+    let run = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("persisted bundle refused: corrupt or truncated archive"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("source=Download"), "{}", run.stderr);
+    assert!(!run.stderr.contains("source=Disk"), "{}", run.stderr);
+    assert_eq!(fs::read(work.persisted("authz")).unwrap(), good);
+
+    // Edited by hand into another valid bundle: its metadata no longer
+    // names it.
+    fs::write(work.persisted("authz"), bundle("edited")).unwrap();
+    let run = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stderr.contains("does not match it"), "{}", run.stderr);
+    assert!(!run.stderr.contains("revision=edited"), "{}", run.stderr);
+    assert!(run.stderr.contains("source=Download"), "{}", run.stderr);
+}
+
+#[test]
+fn mismatched_metadata_falls_back_to_the_previous_pair() {
+    let work = Workdir::new();
+    let root = work.path().join("www");
+    let served = root.join("bundles/authz.tar.gz");
+    publish(&served, &bundle("v1"), 0);
+    let server = Nginx::start(NginxOptions {
+        root: root.clone(),
+        ..NginxOptions::default()
+    });
+    let cfg = online(&work, &server);
+    assert!(
+        polhost(&["run", "--once", cfg.to_str().unwrap()], &[])
+            .status
+            .success()
+    );
+    let v1 = fs::read(work.persisted("authz")).unwrap();
+    publish(&served, &bundle("v2-longer"), 10);
+    assert!(
+        polhost(&["run", "--once", cfg.to_str().unwrap()], &[])
+            .status
+            .success()
+    );
+    assert_eq!(work.metadata("authz")["revision"], "v2-longer");
+
+    // A crash between the bundle's rename and the metadata's: the new
+    // bundle with the old metadata.
+    let meta = work.persisted("authz").with_file_name("metadata.json");
+    fs::copy(meta.with_file_name("previous.metadata.json"), &meta).unwrap();
+    let run = polhost(
+        &["run", "--once", offline_config(&work).to_str().unwrap()],
+        &[],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stderr.contains("does not match it"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("revision=v1 ") && run.stderr.contains("source=Disk"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fs::read(work.persisted("authz")).unwrap(), v1);
+}
+
+#[test]
+fn sigkill_while_persisting_leaves_the_old_or_the_new_bundle() {
+    let work = Workdir::new();
+    let root = work.path().join("www");
+    let served = root.join("bundles/authz.tar.gz");
+    // Two large bundles of different sizes (distinct nginx etags).
+    let a = big_bundle("A", 24, 1);
+    let b = big_bundle("B", 25, 2);
+    let sha = |bytes: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
+    };
+    let (sha_a, sha_b) = (sha(&a), sha(&b));
+    publish(&served, &a, 0);
+    let server = Nginx::start(NginxOptions {
+        root: root.clone(),
+        ..NginxOptions::default()
+    });
+    let cfg = online(&work, &server);
+    let offline = offline_config(&work);
+
+    // The first download, timed: kills land across a window this long.
+    let start = Instant::now();
+    let first = Polhost::spawn(&["run", cfg.to_str().unwrap()], &[]);
+    first.wait_for_activation("A", "Download");
+    // Later runs first restore (validate) the persisted bundle, then
+    // download: a wider window.
+    let window = start.elapsed().mul_f64(2.5);
+    drop(first);
+
+    let mut seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("sigkill test: window {window:?}, seed {seed}");
+    let mut current = "A";
+    let (mut saw_old, mut saw_new) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(50);
+    for iteration in 0..20 {
+        if Instant::now() > deadline {
+            break;
+        }
+        let next = if current == "A" { "B" } else { "A" };
+        publish(
+            &served,
+            if next == "A" { &a } else { &b },
+            10 * (iteration + 1),
+        );
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = window.mul_f64((seed % 1000) as f64 / 1000.0);
+        let mut running = Polhost::spawn(&["run", cfg.to_str().unwrap()], &[]);
+        std::thread::sleep(delay);
+        let _ = running.terminate_now();
+
+        let run = polhost(&["run", "--once", offline.to_str().unwrap()], &[]);
+        assert!(
+            run.status.success(),
+            "iteration {iteration} (killed after {delay:?}): nothing restored\n{}",
+            run.stderr
+        );
+        let on_disk = sha(&fs::read(work.persisted("authz")).unwrap());
+        let restored = if on_disk == sha_a {
+            "A"
+        } else if on_disk == sha_b {
+            "B"
+        } else {
+            panic!("iteration {iteration}: torn bundle on disk (sha256 {on_disk})");
+        };
+        assert!(
+            run.stderr.contains(&format!("revision={restored} "))
+                && run.stderr.contains("source=Disk"),
+            "iteration {iteration}: restored {restored}?\n{}",
+            run.stderr
+        );
+        if restored == current {
+            saw_old += 1;
+        } else {
+            saw_new += 1;
+        }
+        current = restored;
+    }
+    eprintln!("sigkill test: old kept {saw_old} times, new kept {saw_new} times");
+    assert!(saw_old + saw_new >= 10, "too few iterations ran");
+}
