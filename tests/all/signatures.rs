@@ -14,8 +14,7 @@ use crate::support::*;
 
 /// PyJWT's venv, as tests/harness/install.sh makes it.
 fn python() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    PathBuf::from(home).join(".cache/polhost/venv/bin/python")
+    crate::harness::venv_bin("python")
 }
 
 fn generate() -> tempfile::TempDir {

@@ -114,11 +114,7 @@ impl Fetcher for AzureFetcher {
         let message = xml::text(&text, "Message")
             .map(|m| m.lines().next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
-        let detail = match (code.is_empty(), message.is_empty()) {
-            (true, _) => String::new(),
-            (false, true) => format!(": {code}"),
-            (false, false) => format!(": {code}: {message}"),
-        };
+        let detail = polhost_fetcher::error::service_detail(&code, &message);
         Err(FetchError::from_status(
             status,
             format!("GET {target} ({url}): Azure answered {status}{detail}"),

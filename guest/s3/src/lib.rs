@@ -111,11 +111,7 @@ impl Fetcher for S3Fetcher {
         let text = response.error_text();
         let code = xml::text(&text, "Code").unwrap_or_default();
         let message = xml::text(&text, "Message").unwrap_or_default();
-        let detail = match (code.is_empty(), message.is_empty()) {
-            (true, _) => String::new(),
-            (false, true) => format!(": {code}"),
-            (false, false) => format!(": {code}: {message}"),
-        };
+        let detail = polhost_fetcher::error::service_detail(&code, &message);
         Err(FetchError::from_status(
             status,
             format!("GET {object} ({url}): S3 answered {status}{detail}"),

@@ -39,6 +39,17 @@ impl FetchError {
     }
 }
 
+/// `": CODE: message"` for an error message from a service's own error code
+/// and message (either may be empty; a message without a code is dropped,
+/// as it rarely says anything the status does not).
+pub fn service_detail(code: &str, message: &str) -> String {
+    match (code.is_empty(), message.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => format!(": {code}"),
+        (false, false) => format!(": {code}: {message}"),
+    }
+}
+
 /// How a failing HTTP status is reported: auth problems and missing bundles
 /// need an operator, 5xx/408/429 usually pass.
 pub fn kind_of_status(status: u16) -> ErrorKind {
