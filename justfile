@@ -27,6 +27,5 @@ bench:
 # Fuzz the archive validator, the signature/manifest parsers and the config
 # parser, 60 s each (nightly; see fuzz/README.md).
 fuzz seconds="60":
-    cd fuzz && cargo +nightly fuzz run archive -- -max_total_time={{seconds}}
-    cd fuzz && cargo +nightly fuzz run signature -- -max_total_time={{seconds}}
-    cd fuzz && cargo +nightly fuzz run config -- -max_total_time={{seconds}}
+    ./tests/fuzz.sh {{seconds}}
+

@@ -24,3 +24,5 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --locked --release
 (cd guest && CARGO_TARGET_DIR=$CARGO_TARGET_DIR/wasm-guests cargo test --locked -p polhost-fetcher -p fetcher-oci -p fetcher-s3 -p fetcher-azure -p fetcher-gcs)
+echo "==> fuzz (60 s per target)"
+./tests/fuzz.sh 60
