@@ -139,6 +139,26 @@ fn credential_method_the_http_fetcher_lacks_fails_loudly() {
 }
 
 #[test]
+fn credential_method_the_s3_fetcher_lacks_fails_loudly() {
+    let (run, _) = run_config(
+        "services:\n  store:\n    type: s3\n    url: http://127.0.0.1:9\n    credentials:\n      bearer:\n        token: topsecret\nbundles:\n  authz: {}\n",
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "services.store.credentials.bearer: not supported by the s3 fetcher (it supports credentials.s3_signing)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("topsecret"),
+        "a secret leaked: {}",
+        run.stderr
+    );
+}
+
+#[test]
 fn missing_file_names_it() {
     let run = polhost(&["run", "--once", "/nonexistent/polhost.yaml"], &[]);
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);

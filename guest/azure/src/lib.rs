@@ -124,19 +124,10 @@ impl Fetcher for AzureFetcher {
 
 /// Reads the one credential method configured.
 fn auth(config: &ServiceConfig, target: &Blob) -> Result<Auth, FetchError> {
-    if let Some(serde_json::Value::Object(methods)) = config.get("credentials")
-        && let Some(other) = methods.keys().find(|m| {
-            !matches!(
-                m.as_str(),
-                "azure_shared_key" | "azure_sas" | "azure_managed_identity"
-            )
-        })
-    {
-        return Err(config.invalid(
-            &format!("credentials.{other}"),
-            "not supported by the azure fetcher (it supports azure_shared_key, azure_sas and azure_managed_identity)",
-        ));
-    }
+    config.only_credential_methods(
+        "azure",
+        &["azure_shared_key", "azure_sas", "azure_managed_identity"],
+    )?;
     if config.get("credentials.azure_shared_key").is_some() {
         let field = "credentials.azure_shared_key";
         let account = config
@@ -159,16 +150,10 @@ fn auth(config: &ServiceConfig, target: &Blob) -> Result<Auth, FetchError> {
     }
     if config.get("credentials.azure_sas").is_some() {
         let field = "credentials.azure_sas";
-        let token = match config.str(&format!("{field}.token"))? {
-            Some(token) => token.to_string(),
-            None => match config.read_file_at(&format!("{field}.token_path"))? {
-                Some(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
-                None => {
-                    return Err(config.invalid(field, "needs token or token_path"));
-                }
-            },
-        };
-        let token = token.trim().trim_start_matches('?').to_string();
+        let token = config
+            .token_or_token_path(field)?
+            .ok_or_else(|| config.invalid(field, "needs token or token_path"))?;
+        let token = token.trim_start_matches('?').to_string();
         if token.is_empty() {
             return Err(config.invalid(&format!("{field}.token"), "is empty"));
         }

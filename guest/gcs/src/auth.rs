@@ -28,16 +28,7 @@ const READ_ONLY_SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_o
 
 /// The bearer token for the configured method; `None` without credentials.
 pub fn token(config: &ServiceConfig) -> Result<Option<String>, FetchError> {
-    if let Some(serde_json::Value::Object(methods)) = config.get("credentials")
-        && let Some(other) = methods
-            .keys()
-            .find(|m| !matches!(m.as_str(), "gcp_metadata" | "gcp_service_account"))
-    {
-        return Err(config.invalid(
-            &format!("credentials.{other}"),
-            "not supported by the gcs fetcher (it supports gcp_metadata and gcp_service_account)",
-        ));
-    }
+    config.only_credential_methods("gcs", &["gcp_metadata", "gcp_service_account"])?;
     if config.get("credentials.gcp_metadata").is_some() {
         return metadata(config).map(Some);
     }

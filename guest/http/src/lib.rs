@@ -72,28 +72,10 @@ impl Fetcher for HttpFetcher {
 /// `token_path`, re-read on every request, and `scheme`, default Bearer).
 /// Any other credential method is refused rather than silently skipped.
 fn bearer_authorization(config: &ServiceConfig) -> Result<Option<String>, FetchError> {
-    if let Some(serde_json::Value::Object(methods)) = config.get("credentials")
-        && let Some(other) = methods.keys().find(|m| *m != "bearer")
-    {
-        return Err(config.invalid(
-            &format!("credentials.{other}"),
-            "not supported by the http fetcher (it supports credentials.bearer)",
-        ));
-    }
-    let token = match config.str("credentials.bearer.token")? {
-        Some(token) => token.to_string(),
-        None => match config.read_file_at("credentials.bearer.token_path")? {
-            Some(bytes) => String::from_utf8(bytes)
-                .map_err(|_| {
-                    config.invalid("credentials.bearer.token_path", "file is not UTF-8 text")
-                })?
-                .trim()
-                .to_string(),
-            None => return Ok(None),
-        },
-    };
-    let scheme = config.str("credentials.bearer.scheme")?.unwrap_or("Bearer");
-    Ok(Some(format!("{scheme} {token}")))
+    config.only_credential_methods("http", &["bearer"])?;
+    Ok(config
+        .bearer()?
+        .map(|b| format!("{} {}", b.scheme, b.token)))
 }
 
 polhost_fetcher::export_fetcher!(HttpFetcher);

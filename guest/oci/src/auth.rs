@@ -16,31 +16,10 @@ use polhost_fetcher::config::ServiceConfig;
 /// basic auth, which is what OPA documents for ECR, ACR and htpasswd
 /// registries. `token_path` is read on every fetch.
 pub fn configured_authorization(config: &ServiceConfig) -> Result<Option<String>, FetchError> {
-    if let Some(serde_json::Value::Object(methods)) = config.get("credentials")
-        && let Some(other) = methods.keys().find(|m| *m != "bearer")
-    {
-        return Err(config.invalid(
-            &format!("credentials.{other}"),
-            "not supported by the oci fetcher (it supports credentials.bearer)",
-        ));
-    }
-    let token = match config.str("credentials.bearer.token")? {
-        Some(token) => token.to_string(),
-        None => match config.read_file_at("credentials.bearer.token_path")? {
-            Some(bytes) => String::from_utf8(bytes)
-                .map_err(|_| {
-                    config.invalid("credentials.bearer.token_path", "file is not UTF-8 text")
-                })?
-                .trim()
-                .to_string(),
-            None => return Ok(None),
-        },
-    };
-    let scheme = config.str("credentials.bearer.scheme")?.unwrap_or("Bearer");
-    Ok(Some(format!(
-        "{scheme} {}",
-        base64::encode(token.as_bytes())
-    )))
+    config.only_credential_methods("oci", &["bearer"])?;
+    Ok(config
+        .bearer()?
+        .map(|b| format!("{} {}", b.scheme, base64::encode(b.token.as_bytes()))))
 }
 
 /// A parsed `WWW-Authenticate` challenge.

@@ -42,6 +42,7 @@ const DEFAULT_IMDS: &str = "http://169.254.169.254";
 /// Resolves the configured provider chain. `Ok(None)` when the service has
 /// no `s3_signing` (anonymous requests to a public bucket).
 pub fn resolve(config: &ServiceConfig) -> Result<Option<Signing>, FetchError> {
+    config.only_credential_methods("s3", &["s3_signing"])?;
     if config.get(BASE).is_none() {
         return Ok(None);
     }
