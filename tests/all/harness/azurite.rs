@@ -19,11 +19,10 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::python;
-use super::{free_port, port_open, spawn_tied, terminate};
+use super::{free_port, spawn_tied, terminate, wait_until_listening};
 
 /// The development account every azurite has.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -83,22 +82,14 @@ impl Azurite {
                 .stderr(Stdio::null());
             let mut child =
                 spawn_tied(command).expect("starting azurite-blob (run tests/harness/install.sh)");
-            let deadline = Instant::now() + START_TIMEOUT;
-            while Instant::now() < deadline {
-                if port_open(port) {
-                    return Azurite {
-                        child,
-                        port,
-                        debug_log,
-                        dir,
-                    };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(50));
+            if wait_until_listening(&mut child, port, START_TIMEOUT) {
+                return Azurite {
+                    child,
+                    port,
+                    debug_log,
+                    dir,
+                };
             }
-            terminate(&mut child, libc::SIGKILL, Duration::from_secs(1));
         }
         panic!(
             "azurite-blob did not start:\n{}",

@@ -38,6 +38,24 @@ pub fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
+/// Waits up to `timeout` for `child` to accept connections on 127.0.0.1:
+/// `port`. `false` when it exits first or time runs out; it is then killed,
+/// and the caller tries another port or gives up with the server's log.
+pub fn wait_until_listening(child: &mut Child, port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if port_open(port) {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    terminate(child, libc::SIGKILL, Duration::from_secs(1));
+    false
+}
+
 type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
 
 /// Spawns `cmd` so that the child cannot outlive the test process:

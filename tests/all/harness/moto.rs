@@ -17,10 +17,9 @@
 use std::fs::{self, File};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{free_port, port_open, spawn_tied, terminate};
+use super::{free_port, spawn_tied, terminate, wait_until_listening};
 use super::{python, venv_bin};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,22 +62,14 @@ impl Moto {
                 .stderr(File::create(&log).unwrap());
             let mut child =
                 spawn_tied(command).expect("starting moto_server (run tests/harness/install.sh)");
-            let deadline = Instant::now() + START_TIMEOUT;
-            while Instant::now() < deadline {
-                if port_open(port) {
-                    return Moto {
-                        child,
-                        port,
-                        log,
-                        _dir: dir,
-                    };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(50));
+            if wait_until_listening(&mut child, port, START_TIMEOUT) {
+                return Moto {
+                    child,
+                    port,
+                    log,
+                    _dir: dir,
+                };
             }
-            terminate(&mut child, libc::SIGKILL, Duration::from_secs(1));
         }
         panic!(
             "moto_server did not start:\n{}",
