@@ -357,9 +357,3 @@ fn method_name(method: &Method) -> &str {
         Method::Other(m) => m,
     }
 }
-
-/// Streams `response`'s body into the host's output-stream (see
-/// [`Response::stream_into`]).
-pub fn stream_body(response: Response, sink: &OutputStream) -> Result<u64, FetchError> {
-    response.stream_into(sink)
-}

@@ -3,7 +3,8 @@
 //! A fetcher is a WebAssembly component that implements the `polhost:fetcher`
 //! world (see `wit/fetcher.wit`). This crate gives a Rust fetcher the
 //! bindings, a small blocking `wasi:http` client that follows redirects
-//! without leaking credentials across origins, and [`stream_body`], which
+//! without leaking credentials across origins, and
+//! [`http::Response::stream_into`], which
 //! splices a response body into the host's output-stream so the bundle never
 //! sits in guest memory.
 //!
@@ -47,4 +48,3 @@ pub use bindings::polhost::fetcher::types::{
     BundleRequest, ErrorKind, FetchError, FetchOutcome, ResponseInfo, Service,
 };
 pub use bindings::wasi::io::streams::OutputStream;
-pub use http::stream_body;
