@@ -128,11 +128,6 @@ impl Runtime {
         self
     }
 
-    /// The limits every fetch runs under.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// Compiles a fetcher component, refuses it if it imports anything not
     /// in the allow-list, and links it once for all its fetches.
     pub fn load(&self, fetcher: &str, wasm: &[u8]) -> Result<FetcherComponent, RuntimeError> {
