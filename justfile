@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR := env_var_or_default("CARGO_TARGET_DIR", env_var("HOME"
 
 # Build polhost (release; embeds the fetcher components).
 build:
-    cargo build --release --locked
+    cargo build --release --locked -p polhost-cli
 
 # The whole test suite, as CI runs it.
 test:
@@ -17,12 +17,13 @@ quickstart:
 # fmt + clippy for both workspaces.
 lint:
     cargo fmt --all --check
-    cargo clippy --locked --all-targets -- -D warnings
+    cargo clippy --locked --workspace --all-targets -- -D warnings
     cd guest && cargo fmt --all --check
+    cd examples/fetchers/etcd && cargo fmt --all --check
 
 # Fetch a 256 MiB bundle through the http fetcher; compare with curl + sha256sum.
 bench:
-    cargo bench --locked --bench fetch
+    cargo bench --locked -p polhost-cli --bench fetch
 
 # Fuzz the archive validator, the signature/manifest parsers and the config
 # parser, 60 s each (nightly; see fuzz/README.md).

@@ -8,12 +8,19 @@ set -euo pipefail
 seconds=${1:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-# libFuzzer needs a nightly toolchain, which this project does not pin.
+# libFuzzer needs a nightly toolchain, which this project does not pin for
+# its own build: install one (minimal profile) when the machine has none.
 if ! rustup toolchain list | grep -q '^nightly'; then
-  echo "fuzz: skipped: no nightly toolchain on this machine (rustup toolchain install nightly)"
-  exit 0
+  echo "fuzz: installing a nightly toolchain for cargo-fuzz"
+  rustup toolchain install nightly --profile minimal >/dev/null
 fi
-command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+# cargo-fuzz is cached under ~/.cache/polhost, keyed by its version.
+CARGO_FUZZ_VERSION=0.13.2
+FUZZ_TOOLS=$HOME/.cache/polhost/cargo-fuzz-$CARGO_FUZZ_VERSION
+if [ ! -x "$FUZZ_TOOLS/bin/cargo-fuzz" ]; then
+  cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION" --root "$FUZZ_TOOLS"
+fi
+export PATH=$FUZZ_TOOLS/bin:$PATH
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/polhost/target}/fuzz
 
 cd "$root/fuzz"

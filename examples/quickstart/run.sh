@@ -15,7 +15,7 @@ cd "$root"
 # installs the toolchain itself: make sure it is there.
 rustup target add wasm32-wasip2 >/dev/null
 echo "==> building polhost (release; the first build takes several minutes)"
-cargo build --release --locked --bin polhost
+cargo build --release --locked -p polhost-cli --bin polhost
 polhost=$CARGO_TARGET_DIR/release/polhost
 
 export QUICKSTART_PORT=${QUICKSTART_PORT:-18282}

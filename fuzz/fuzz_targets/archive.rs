@@ -4,9 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use polhost_fuzz::bundle::{ValidationLimits, Verification, validate, validate_with};
-use polhost_fuzz::config::Key;
-use polhost_fuzz::secret::Secret;
+use polhost_bundle::{Key, Secret, ValidationLimits, Verification, validate, validate_with};
 
 fuzz_target!(|data: &[u8]| {
     let limits = ValidationLimits {

@@ -3,9 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use polhost_fuzz::bundle::{Manifest, Verification};
-use polhost_fuzz::config::Key;
-use polhost_fuzz::secret::Secret;
+use polhost_bundle::{Key, Manifest, Secret, Verification};
 
 fuzz_target!(|data: &[u8]| {
     let key = Key {
@@ -17,8 +15,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(verification)) = Verification::new(&[key], None) {
         let _ = verification.verify(data);
     }
-    let _ = polhost_fuzz::bundle::canonical_json(data);
-    let _ = polhost_fuzz::bundle::canonical_yaml(data);
+    let _ = polhost_bundle::canonical_json(data);
+    let _ = polhost_bundle::canonical_yaml(data);
     if let Ok(manifest) = serde_json::from_slice::<Manifest>(data) {
         let _ = manifest.roots();
     }

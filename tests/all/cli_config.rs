@@ -98,7 +98,7 @@ fn service_type_without_a_fetcher() {
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     assert!(
         run.stderr.contains(&format!(
-            "polhost: {file}: services.registry.type: no fetcher for service type \"nosuch\""
+            "polhost: {file}: services.registry.type: no fetcher for service type \"nosuch\" (polhost has: http, oci, s3, azure, gcs; add one under polhost.fetchers.nosuch)"
         )),
         "{}",
         run.stderr
@@ -115,19 +115,17 @@ fn unused_service_needs_no_fetcher() {
 }
 
 #[test]
-fn credential_method_the_http_fetcher_lacks_fails_loudly() {
-    let (run, _) = run_config(
+fn credential_method_the_http_fetcher_lacks_is_refused_at_start() {
+    let (run, file) = run_config(
         "services:\n  web:\n    url: http://127.0.0.1:9\n    credentials:\n      oauth2:\n        token_url: https://auth.example/token\n        client_id: c\n        client_secret: topsecret\nbundles:\n  authz: {}\n",
     );
-    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    // The fetcher's descriptor says what it accepts: refused before any
+    // request, as a configuration error.
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     assert!(
-        run.stderr
-            .contains("services.web.credentials.oauth2: not supported by the http fetcher"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("kind=\"invalid-config\""),
+        run.stderr.contains(&format!(
+            "polhost: {file}: services.web.credentials.oauth2: the http fetcher does not accept this credential method (it accepts: bearer)"
+        )),
         "{}",
         run.stderr
     );
@@ -139,14 +137,14 @@ fn credential_method_the_http_fetcher_lacks_fails_loudly() {
 }
 
 #[test]
-fn credential_method_the_s3_fetcher_lacks_fails_loudly() {
+fn credential_method_the_s3_fetcher_lacks_is_refused_at_start() {
     let (run, _) = run_config(
         "services:\n  store:\n    type: s3\n    url: http://127.0.0.1:9\n    credentials:\n      bearer:\n        token: topsecret\nbundles:\n  authz: {}\n",
     );
-    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     assert!(
         run.stderr.contains(
-            "services.store.credentials.bearer: not supported by the s3 fetcher (it supports credentials.s3_signing)"
+            "services.store.credentials.bearer: the s3 fetcher does not accept this credential method (it accepts: s3_signing)"
         ),
         "{}",
         run.stderr

@@ -2,7 +2,6 @@
 //! writes each archive and the error polhost must refuse it with; every one
 //! goes through the validator polhost runs on downloads and at start.
 
-use std::path::Path;
 use std::process::Command;
 
 use polhost::bundle::{ValidationLimits, validate};
@@ -10,8 +9,7 @@ use polhost::bundle::{ValidationLimits, validate};
 /// Runs the generator into a fresh directory and returns it.
 pub fn generate() -> tempfile::TempDir {
     let out = tempfile::tempdir().unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/make_hostile_corpus.py");
+    let script = crate::harness::fixture("make_hostile_corpus.py");
     let status = Command::new("python3")
         .arg(&script)
         .arg(out.path())

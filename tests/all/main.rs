@@ -4,6 +4,7 @@
 
 mod harness;
 mod hostile_corpus;
+mod in_process;
 mod support;
 
 mod azure;
@@ -11,10 +12,14 @@ mod bad_downloads;
 mod bundle_rules;
 mod cli_config;
 mod gcs;
+mod hostile_components;
 mod http_fetcher;
 mod long_polling;
 mod oci;
 mod persistence;
+mod plugin_etcd;
+mod plugin_python;
+mod plugins;
 mod s3;
 mod sandbox;
 mod sandbox_limits;

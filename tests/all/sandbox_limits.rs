@@ -2,80 +2,55 @@
 //! (guest/fixtures): what no honest fetcher or real server would do.
 //! These run through the library, with limits small enough to hit fast.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use polhost::bundle::ValidationLimits;
-use polhost::config::Config;
-use polhost::download::{self, Download, DownloadJob, FetchError};
-use polhost::runtime::{Limits, Runtime, RuntimeError};
-use polhost::sandbox::Grant;
-use polhost::store::BundleDir;
+use polhost::{FailureKind, Limits};
 
 use crate::harness::nginx::{Nginx, NginxOptions};
+use crate::hostile_components::{HOSTILE, NOWHERE, Setup, small_limits};
 
-const HOSTILE: &str = env!("POLHOST_FIXTURE_HOSTILE_WASM");
-const SOCKETS: &str = env!("POLHOST_FIXTURE_SOCKETS_WASM");
+const SOCKETS: &str = polhost_test_programs::SOCKETS;
 
-fn small_limits() -> Limits {
-    Limits {
-        memory_bytes: 32 << 20,
-        max_requests: 5,
-        fetch_timeout: Duration::from_secs(2),
-        ..Limits::default()
+/// Polls bundle `b`, whose `resource` is the fetcher's `attempt`, once
+/// against `url` under `limits`; returns its failure (kind, message),
+/// having checked it names service `svc` and fetcher `hostile` and that
+/// nothing was activated or persisted.
+async fn attempt_with(
+    component: &'static str,
+    attempt: &str,
+    url: &str,
+    limits: Limits,
+) -> (FailureKind, String) {
+    let failure = Setup {
+        component,
+        limits,
+        ..Setup::new(url)
     }
+    .contained(attempt)
+    .await;
+    (failure.kind, failure.message)
 }
 
-/// Runs the hostile fetcher's `attempt` against `url` under `limits`.
-async fn attempt(attempt: &str, url: &str, limits: Limits) -> Result<Download, FetchError> {
-    let config = Config::parse(
-        &format!(
-            "services:\n  svc:\n    url: {url}\nbundles:\n  b:\n    resource: \"{attempt}\"\n"
-        ),
-        &|_| None,
-    )
-    .unwrap();
-    let runtime = Runtime::new(limits).unwrap();
-    let fetcher = runtime
-        .load("hostile", &std::fs::read(HOSTILE).unwrap())
-        .unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let dir = BundleDir::new(state.path(), "b", false);
-    dir.prepare().unwrap();
-    download::download(DownloadJob {
-        runtime: &runtime,
-        fetcher: &fetcher,
-        grant: Arc::new(Grant::for_service(&config.services[0])),
-        service: &config.services[0],
-        bundle: &config.bundles[0],
-        etag: None,
-        dir: &dir,
-        limits: ValidationLimits::new(config.bundles[0].size_limit_bytes),
-        verification: None,
-    })
-    .await
+async fn attempt(attempt: &str, url: &str, limits: Limits) -> (FailureKind, String) {
+    attempt_with(HOSTILE, attempt, url, limits).await
 }
 
 /// The message of a failed attempt.
 async fn refusal(what: &str, url: &str) -> String {
-    match attempt(what, url, small_limits()).await {
-        Ok(download) => panic!("{what}: not stopped: {download:?}"),
-        Err(e) => e.to_string(),
-    }
+    attempt(what, url, small_limits()).await.1
 }
 
 #[tokio::test]
 async fn cpu_spin_is_stopped_by_the_deadline() {
     let start = Instant::now();
-    let err = attempt("spin", "http://127.0.0.1:9", small_limits())
-        .await
-        .unwrap_err();
+    let (kind, message) = attempt("spin", NOWHERE, small_limits()).await;
+    assert_eq!(kind, FailureKind::Fetcher, "{message}");
+    // The CPU deadline, or the wall clock of the same length, whichever
+    // notices first: both name the fetcher and the limit.
     assert!(
-        matches!(
-            err,
-            FetchError::Runtime(RuntimeError::Trap { .. } | RuntimeError::Timeout { .. })
-        ),
-        "{err}"
+        message == "fetcher \"hostile\" exceeded its CPU deadline (2s)"
+            || message == "fetcher \"hostile\" did not finish within 2s",
+        "{message}"
     );
     assert!(
         start.elapsed() < Duration::from_secs(6),
@@ -87,14 +62,13 @@ async fn cpu_spin_is_stopped_by_the_deadline() {
 #[tokio::test]
 async fn memory_growth_is_stopped_at_the_cap() {
     let start = Instant::now();
-    let err = attempt("grow", "http://127.0.0.1:9", small_limits())
-        .await
-        .unwrap_err();
+    let (kind, message) = attempt("grow", NOWHERE, small_limits()).await;
     // The allocation fails at the cap and the guest aborts: a trap, long
     // before the deadline.
+    assert_eq!(kind, FailureKind::Fetcher, "{message}");
     assert!(
-        matches!(err, FetchError::Runtime(RuntimeError::Trap { .. })),
-        "{err}"
+        message.starts_with("fetcher \"hostile\" exceeded its memory limit (32 MiB): "),
+        "{message}"
     );
     assert!(
         start.elapsed() < Duration::from_secs(2),
@@ -120,36 +94,42 @@ async fn requests_beyond_the_cap_are_refused() {
 
 #[tokio::test]
 async fn files_not_granted_are_refused() {
-    let message = refusal("read:/etc/hostname", "http://127.0.0.1:9").await;
+    let (kind, message) = attempt("read:/etc/hostname", NOWHERE, small_limits()).await;
+    // A refused read fails the fetch as the sandbox's, whatever the
+    // fetcher returns.
+    assert_eq!(kind, FailureKind::Sandbox, "{message}");
     assert_eq!(
         message,
-        "file \"/etc/hostname\" is not granted to service \"svc\""
+        "sandbox refused read of file \"/etc/hostname\": not granted to service \"svc\""
     );
 }
 
 #[tokio::test]
 async fn environment_is_empty() {
-    let message = refusal("env:PATH", "http://127.0.0.1:9").await;
+    let message = refusal("env:PATH", NOWHERE).await;
     assert_eq!(message, "granted-env PATH: None; std::env::var: None");
 }
 
 #[tokio::test]
 async fn filesystem_is_not_there() {
-    let message = refusal("fs:/", "http://127.0.0.1:9").await;
+    let message = refusal("fs:/", NOWHERE).await;
     assert!(message.starts_with("read_dir /: error"), "{message}");
 }
 
-#[test]
-fn component_importing_sockets_is_refused_at_load() {
-    let runtime = Runtime::new(Limits::default()).unwrap();
-    let err = match runtime.load("sockets", &std::fs::read(SOCKETS).unwrap()) {
-        Ok(_) => panic!("a component importing wasi:sockets loaded"),
-        Err(e) => e,
-    };
-    assert!(matches!(err, RuntimeError::ForbiddenImport { .. }), "{err}");
-    let message = err.to_string();
+#[tokio::test]
+async fn a_component_importing_sockets_loads_and_every_socket_is_denied() {
+    // Python's and JavaScript's runtimes import wasi:sockets: such a
+    // component loads, and any socket it tries is refused at run time.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let (kind, message) = attempt_with(SOCKETS, &target, NOWHERE, small_limits()).await;
+    assert_eq!(kind, FailureKind::Transient, "{message}");
     assert!(
-        message.starts_with("fetcher \"sockets\" imports wasi:sockets/"),
+        message.to_lowercase().contains("denied")
+            || message.to_lowercase().contains("not permitted"),
         "{message}"
     );
+    // Nothing reached the listener.
+    assert!(listener.accept().is_err());
 }

@@ -2,12 +2,12 @@
 //! polhost: `tests/fixtures/make_signed_bundles.py` makes keys with the
 //! `openssl` CLI and JWTs with PyJWT, and says what polhost must answer.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+use polhost::bundle::Secret;
 use polhost::bundle::{ValidationLimits, Verification, validate_with};
 use polhost::config::{Key, Signing};
-use polhost::secret::Secret;
 
 use crate::harness::nginx::{Nginx, NginxOptions};
 use crate::support::*;
@@ -19,8 +19,7 @@ fn python() -> PathBuf {
 
 fn generate() -> tempfile::TempDir {
     let out = tempfile::tempdir().unwrap();
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/make_signed_bundles.py");
+    let script = crate::harness::fixture("make_signed_bundles.py");
     let run = Command::new(python())
         .arg(&script)
         .arg(out.path())

@@ -184,6 +184,31 @@ ensure_pyjwt() {
   fi
 }
 
+# etcd 3.4 from Debian (/usr/bin/etcd, and etcdctl to put values with the
+# real client): the backend of the example plugin examples/fetchers/etcd,
+# which polhost does not ship.
+ensure_etcd() {
+  if command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1; then
+    echo "etcd: found $(etcd --version 2>/dev/null | head -1)"
+  else
+    apt_install etcd-server etcd-client
+    echo "etcd: installed $(etcd --version 2>/dev/null | head -1)"
+  fi
+}
+
+# componentize-py (PyPI), in the shared venv: builds the Python example
+# plugin examples/fetchers/python (offline: it ships CPython for wasm).
+COMPONENTIZE_PY_VERSION=0.25.1
+ensure_componentize_py() {
+  ensure_venv
+  if [ -x "$VENV/bin/componentize-py" ] && "$VENV/bin/componentize-py" --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
+    echo "componentize-py: found $COMPONENTIZE_PY_VERSION"
+  else
+    "$VENV/bin/pip" install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+    echo "componentize-py: installed $("$VENV/bin/componentize-py" --version)"
+  fi
+}
+
 ensure_curl
 ensure_nginx
 ensure_docker_registry
@@ -195,3 +220,5 @@ ensure_moto
 ensure_azurite
 ensure_gcs
 ensure_pyjwt
+ensure_etcd
+ensure_componentize_py

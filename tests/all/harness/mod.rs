@@ -7,6 +7,7 @@
 pub mod aws_imds;
 pub mod azure_identity;
 pub mod azurite;
+pub mod etcd;
 pub mod fake_gcs;
 pub mod gcp_identity;
 pub mod moto;
@@ -151,11 +152,14 @@ pub fn venv_bin(name: &str) -> std::path::PathBuf {
     venv.join("bin").join(name)
 }
 
+/// The repository's root (the tests are `host/polhost-cli`'s).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// A script under `tests/fixtures`.
 pub fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
+    repo_root().join("tests/fixtures").join(name)
 }
 
 /// Runs the venv's python on a fixture script; panics with its output on

@@ -7,6 +7,7 @@
 //!     bearer: vec![("/private/".into(), "s3cret".into())],
 //!     redirects: vec![("/old.tar.gz".into(), "http://127.0.0.1:1234/new.tar.gz".into())],
 //!     port: None,
+//!     proxy_to: None,
 //! });
 //! let url = format!("{}/bundle.tar.gz", srv.url());
 //! ```
@@ -48,6 +49,11 @@ pub struct NginxOptions {
     pub redirects: Vec<(String, String)>,
     /// Fixed port (to restart on the same port); None = pick a free one.
     pub port: Option<u16>,
+    /// Origin (`http://127.0.0.1:PORT`) to pass requests to instead of
+    /// serving `root`: nginx then stands in front of another server, and its
+    /// access log counts the bytes that server sent. `bearer` and
+    /// `redirects` locations still answer first.
+    pub proxy_to: Option<String>,
 }
 
 /// One request from the access log.
@@ -279,6 +285,12 @@ impl Nginx {
                 "        location = {} {{ return 302 {}; }}\n",
                 quote(&slash(path)),
                 quote(target),
+            ));
+        }
+        if let Some(origin) = &self.opts.proxy_to {
+            locations.push_str(&format!(
+                "        location / {{ proxy_pass {}; }}\n",
+                quote(origin),
             ));
         }
         format!(

@@ -546,3 +546,50 @@ client.push(target=target, files=[path + ":" + media_type])
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Pushes the component `wasm` to `target` (`repository:tag`) with oras-py
+/// in the CNCF Wasm OCI artifact layout (`wkg oci push` writes the same):
+/// one `application/wasm` layer and an `application/vnd.wasm.config.v0+json`
+/// config. Returns the manifest's digest and the layer's.
+pub fn oras_push_wasm(registry: &Registry, target: &str, wasm: &Path) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(wasm).unwrap();
+    let layer_digest = sha256_digest(&bytes);
+    std::fs::write(dir.path().join("component.wasm"), &bytes).unwrap();
+    let config = serde_json::json!({
+        "created": "2026-12-01T00:00:00Z",
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [layer_digest],
+        "component": {"exports": ["polhost:fetcher/fetch@0.1.0"], "imports": [], "target": null},
+    });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let script = r#"
+import sys, oras.client
+host, target = sys.argv[1:3]
+client = oras.client.OrasClient(hostname=host, insecure=True, auth_backend="basic")
+client.push(
+    target=target,
+    files=["component.wasm:application/wasm"],
+    manifest_config="config.json:application/vnd.wasm.config.v0+json",
+)
+"#;
+    let out = Command::new(oras_python())
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .arg("-c")
+        .arg(script)
+        .arg(registry.host())
+        .arg(format!("{}/{target}", registry.host()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "oras push of {} to {target} failed:\n{}{}",
+        wasm.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (repository, tag) = target.rsplit_once(':').expect("repository:tag");
+    (registry.manifest_digest(repository, tag), layer_digest)
+}

@@ -1,0 +1,3 @@
+//! Paths of the components only the tests use (see `build.rs`).
+
+include!(concat!(env!("OUT_DIR"), "/programs.rs"));

@@ -1,0 +1,112 @@
+//! Driving the library in this process, as an embedder does: an agent
+//! built from a configuration text and descriptors, its events collected.
+//! Tests of the agent's behaviour assert on these events and on the
+//! agent's state, not on a child process's log lines.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use polhost::config::Config;
+use polhost::{Activation, Agent, ComponentSource, Event, FailureKind, FetcherDescriptor, Limits};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// A descriptor for the component file at `path`, serving `service_type`,
+/// with a grant of its service URL only.
+pub fn plugin(service_type: &str, path: &str) -> FetcherDescriptor {
+    FetcherDescriptor::new(
+        service_type,
+        ComponentSource::File {
+            path: path.into(),
+            digest: None,
+        },
+    )
+}
+
+/// An agent for `yaml` (its `persistence_directory` set to `state` unless
+/// the text sets it), with the standard fetchers, `extra` on top, and
+/// `limits`.
+pub async fn agent(
+    yaml: &str,
+    state: &std::path::Path,
+    extra: Vec<FetcherDescriptor>,
+    limits: Limits,
+) -> Result<Agent, polhost::AgentError> {
+    let mut text = yaml.to_string();
+    if !text.contains("persistence_directory") {
+        text.push_str(&format!("\npersistence_directory: {}\n", state.display()));
+    }
+    let config = Config::parse(&text, &|_| None).expect("test config parses");
+    let mut builder = Agent::builder(config)
+        .fetchers(polhost_fetchers::registry())
+        .limits(limits);
+    for descriptor in extra {
+        builder = builder.fetcher(descriptor);
+    }
+    builder.build().await
+}
+
+/// Runs `agent.run_once()` and returns every event it announced.
+pub async fn poll_once(agent: &Agent) -> Vec<Event> {
+    let mut events = agent.subscribe();
+    agent.run_once().await;
+    drain(&mut events)
+}
+
+/// The events received so far.
+pub fn drain(events: &mut broadcast::Receiver<Event>) -> Vec<Event> {
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    seen
+}
+
+/// The failure announced for `bundle`, if any: (kind, message, fetcher).
+pub fn failure(events: &[Event], bundle: &str) -> Option<(FailureKind, String, String)> {
+    events.iter().find_map(|event| match event {
+        Event::Failed {
+            bundle: b,
+            kind,
+            message,
+            fetcher,
+            ..
+        } if b == bundle => Some((*kind, message.clone(), fetcher.clone())),
+        _ => None,
+    })
+}
+
+/// The activation announced for `bundle`, if any.
+pub fn activation<'a>(events: &'a [Event], bundle: &str) -> Option<&'a Activation> {
+    events.iter().find_map(|event| match event {
+        Event::Activated(activation) if activation.bundle == bundle => Some(activation),
+        _ => None,
+    })
+}
+
+/// Runs the agent in the background until the returned token is
+/// cancelled (or dropped with the test).
+pub fn run_in_background(agent: std::sync::Arc<Agent>) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move { agent.run(token).await });
+    shutdown
+}
+
+/// Waits up to `timeout` for an event that `matches`.
+pub async fn wait_for_event(
+    events: &mut broadcast::Receiver<Event>,
+    timeout: Duration,
+    what: &str,
+    matches: impl Fn(&Event) -> bool,
+) -> Event {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(event)) if matches(&event) => return event,
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => panic!("waiting for {what}: {e}"),
+            Err(_) => panic!("waited {timeout:?} for {what}"),
+        }
+    }
+}
