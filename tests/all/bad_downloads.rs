@@ -71,20 +71,6 @@ fn truncated_bundle_is_refused() {
     );
 }
 
-/// Bytes gzip cannot shrink.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            // xorshift64
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn file_over_size_limit_is_refused_from_its_tar_header() {
     // Compressible: the download is small, only the file inside is big.

@@ -11,6 +11,7 @@ mod azure;
 mod bad_downloads;
 mod bundle_rules;
 mod cli_config;
+mod embedding;
 mod gcs;
 mod hostile_components;
 mod http_fetcher;

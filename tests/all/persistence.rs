@@ -8,20 +8,6 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::harness::nginx::{Nginx, NginxOptions};
 use crate::support::*;
 
-/// Bytes gzip cannot shrink (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn big_bundle(revision: &str, mib: usize, seed: u64) -> Vec<u8> {
     tar_gz(&[
         (

@@ -68,20 +68,10 @@ fn large_bundle(revision: &str) -> Vec<u8> {
     let padding: String = (0..32 * 1024)
         .map(|_| char::from_digit(rand::random_range(0..16u32), 16).unwrap())
         .collect();
-    tar_gz(&[
-        (
-            ".manifest",
-            format!(r#"{{"revision":"{revision}","roots":["authz"]}}"#).into_bytes(),
-        ),
-        (
-            "authz/policy.rego",
-            b"package authz\n\ndefault allow := false\n".to_vec(),
-        ),
-        (
-            "authz/data.json",
-            format!(r#"{{"revision":"{revision}","padding":"{padding}"}}"#).into_bytes(),
-        ),
-    ])
+    bundle_with_data(
+        revision,
+        &format!(r#"{{"revision":"{revision}","padding":"{padding}"}}"#),
+    )
 }
 
 /// How many bytes the gateway's JSON spends on a value: its base64.

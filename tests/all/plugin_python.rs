@@ -439,16 +439,9 @@ fn a_download_over_the_size_limit_or_cut_short_is_an_error() {
 #[test]
 fn the_component_imports_wasi_sockets_and_still_loads_and_runs() {
     let component = python_fetcher();
-    let inspect = Command::new(POLHOST)
-        .args(["plugin", "inspect", component.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&inspect.stdout);
-    assert!(
-        inspect.status.success(),
-        "{shown}\n{}",
-        String::from_utf8_lossy(&inspect.stderr)
-    );
+    let inspect = polhost_printing(&["plugin", "inspect", component.to_str().unwrap()], &[]);
+    let shown = &inspect.stdout;
+    assert!(inspect.status.success(), "{shown}\n{}", inspect.stderr);
     // CPython's imports, beyond what the contract needs.
     for import in [
         "wasi:sockets/tcp@",
@@ -541,20 +534,6 @@ fn run_with_limits(
     let cfg = work.config(&config_with_limits(component, url, resource, "", limits));
     let run = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
     (work, run)
-}
-
-/// `len` bytes deflate cannot shrink (xorshift64 from `seed`).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[test]

@@ -222,22 +222,18 @@ fn plugin_inspect_shows_the_contract_fit_imports_and_grants() {
         "https://kv.example.com",
         "      component: fetchers/web.wasm\n      allowed_outbound_hosts: ['https://auth.example.com']\n      env: [KV_TOKEN]\n      files: [/run/secrets/kv]\n      limits: {memory_mib: 16, max_requests: 4}",
     ));
-    let out = std::process::Command::new(POLHOST)
-        .args([
+    let out = polhost_printing(
+        &[
             "plugin",
             "inspect",
             component.to_str().unwrap(),
             "--config",
             cfg.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[],
     );
+    let stdout = &out.stdout;
+    assert!(out.status.success(), "{stdout}{}", out.stderr);
     let digest = sha256_digest(&fs::read(&component).unwrap());
     for line in [
         format!("digest:    {digest}"),
@@ -255,12 +251,9 @@ fn plugin_inspect_shows_the_contract_fit_imports_and_grants() {
     // A component that does not fit: exit 2, saying why.
     let empty = work.path().join("empty.wasm");
     fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
-    let out = std::process::Command::new(POLHOST)
-        .args(["plugin", "inspect", empty.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = polhost_printing(&["plugin", "inspect", empty.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(2));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = &out.stdout;
     assert!(stdout.contains("fits:      no: fetcher \"inspected\" is not a valid component: it does not export polhost:fetcher/fetch@0.1.x"), "{stdout}");
 }
 
@@ -271,37 +264,36 @@ fn plugin_inspect_reads_an_oci_reference() {
     let registry = Registry::start(RegistryOptions::default());
     let (_, layer) = oras_push_wasm(&registry, "fetchers/web:2", &component);
     let reference = format!("oci://{}/fetchers/web:2", registry.host());
-    let out = std::process::Command::new(POLHOST)
-        .args(["plugin", "inspect", &reference, "--digest", &layer])
-        .env("XDG_CACHE_HOME", work.path().join("cache"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let cache = work.path().join("cache");
+    let out = polhost_printing(
+        &["plugin", "inspect", &reference, "--digest", &layer],
+        &[("XDG_CACHE_HOME", cache.to_str().unwrap())],
     );
-    assert!(stdout.contains(&format!("digest:    {layer}")), "{stdout}");
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!("digest:    {layer}")),
+        "{}",
+        out.stdout
+    );
     // Without a digest, refused as the configuration would be.
-    let out = std::process::Command::new(POLHOST)
-        .args(["plugin", "inspect", &reference])
-        .output()
-        .unwrap();
+    let out = polhost_printing(&["plugin", "inspect", &reference], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("digest: required for an oci:// component")
+        out.stderr
+            .contains("digest: required for an oci:// component"),
+        "{}",
+        out.stderr
     );
 }
 
 #[test]
 fn plugin_wit_writes_the_contract_a_plugin_author_builds_against() {
     let work = Workdir::new();
-    let out = std::process::Command::new(POLHOST)
-        .args(["plugin", "wit", work.path().join("wit").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = polhost_printing(
+        &["plugin", "wit", work.path().join("wit").to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success(), "{}", out.stderr);
     let repo_wit = crate::harness::repo_root().join("wit");
     for file in [
         "fetcher.wit",
@@ -315,9 +307,6 @@ fn plugin_wit_writes_the_contract_a_plugin_author_builds_against() {
             "{file}"
         );
     }
-    let out = std::process::Command::new(POLHOST)
-        .args(["plugin", "wit"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("package polhost:fetcher@0.1.0;"));
+    let out = polhost_printing(&["plugin", "wit"], &[]);
+    assert!(out.stdout.contains("package polhost:fetcher@0.1.0;"));
 }

@@ -22,6 +22,11 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// A gzipped tar OPA bundle: a `.manifest` with `revision` and root
 /// `authz`, a policy and a data file.
 pub fn bundle(revision: &str) -> Vec<u8> {
+    bundle_with_data(revision, &format!(r#"{{"revision":"{revision}"}}"#))
+}
+
+/// [`bundle`], with `data` as `authz/data.json`.
+pub fn bundle_with_data(revision: &str, data: &str) -> Vec<u8> {
     tar_gz(&[
         (
             ".manifest",
@@ -31,11 +36,23 @@ pub fn bundle(revision: &str) -> Vec<u8> {
             "authz/policy.rego",
             b"package authz\n\ndefault allow := false\n".to_vec(),
         ),
-        (
-            "authz/data.json",
-            format!(r#"{{"revision":"{revision}"}}"#).into_bytes(),
-        ),
+        ("authz/data.json", data.as_bytes().to_vec()),
     ])
+}
+
+/// `len` bytes gzip cannot shrink (xorshift64 from `seed`): for bundles
+/// whose compressed size must be close to their size.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 /// A gzipped tar of `(path, content)` regular files.
@@ -142,6 +159,28 @@ pub fn polhost(args: &[&str], env: &[(&str, &str)]) -> Finished {
     Finished {
         status,
         stderr: process.output(),
+    }
+}
+
+/// What a short `polhost` command (`plugin inspect`, `plugin wit`) printed.
+pub struct Printed {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `polhost ARGS` to its end and keeps both of its outputs.
+pub fn polhost_printing(args: &[&str], env: &[(&str, &str)]) -> Printed {
+    let out = Command::new(POLHOST)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running polhost");
+    Printed {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

@@ -20,7 +20,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::bundle::HashingReader;
 use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits, Verification};
 use crate::config::{Bundle, BundleLimits, Config, Service};
-use crate::download::{self, Download, DownloadJob, FailureKind, FetchError};
+use crate::download::{self, Download, DownloadJob, FailureKind, FetchError, ProgressFn};
 use crate::fetcher::{FetcherRegistry, RegistryError, SharedEnv};
 use crate::runtime::{self, FetcherComponent, Limits, Runtime, RuntimeError};
 use crate::sandbox::Grant;
@@ -58,6 +58,39 @@ pub struct Activation {
     pub source: Source,
     /// The roots it owns (`[""]`: everything).
     pub roots: Vec<String>,
+    /// The activated file, open: what [`Activation::reader`] reads, even
+    /// once a newer bundle has been renamed over `path`.
+    file: Arc<File>,
+}
+
+impl Activation {
+    /// A reader over exactly the bytes that were activated (the file as it
+    /// was then, whatever has been committed since: the agent keeps it
+    /// open). Readers are independent; each starts at the first byte.
+    pub fn reader(&self) -> BundleReader {
+        BundleReader {
+            file: self.file.clone(),
+            position: 0,
+        }
+    }
+}
+
+/// The bytes of one activation (see [`Activation::reader`]).
+#[derive(Debug)]
+pub struct BundleReader {
+    file: Arc<File>,
+    position: u64,
+}
+
+impl std::io::Read for BundleReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        // Positioned reads: readers of one activation share the file but
+        // not a cursor.
+        let n = self.file.read_at(buf, self.position)?;
+        self.position += n as u64;
+        Ok(n)
+    }
 }
 
 /// What the agent reports to subscribers.
@@ -168,9 +201,25 @@ pub struct AgentBuilder {
     engine: Option<wasmtime::Engine>,
     epoch_ticker: bool,
     component_cache: Option<PathBuf>,
+    progress: Option<Arc<ProgressFn>>,
 }
 
 impl AgentBuilder {
+    /// Keeps bundles in `dir` instead of the configuration's
+    /// `persistence_directory`.
+    pub fn persistence_directory(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.persistence_directory = dir.into();
+        self
+    }
+
+    /// Tells `report(bundle, bytes so far)` while a download streams in
+    /// (for a progress bar). It is called from polhost's writer thread once
+    /// per chunk of at most 1 MiB: keep it quick.
+    pub fn progress(mut self, report: impl Fn(&str, u64) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(report));
+        self
+    }
+
     /// How fetchers' granted environment variables are looked up (default:
     /// none is set).
     pub fn env(mut self, env: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
@@ -232,6 +281,59 @@ impl AgentBuilder {
     /// needed) and checks each component, derives each service's grant and
     /// prepares the bundles' directories.
     pub async fn build(self) -> Result<Agent, AgentError> {
+        let progress = self.progress.clone();
+        let prepared = self.prepare().await?;
+        let config = prepared.config;
+        for bundle in &config.bundles {
+            let dir = BundleDir::new(&config.persistence_directory, &bundle.name, bundle.persist);
+            dir.prepare().map_err(|source| AgentError::Persistence {
+                path: dir.path().to_path_buf(),
+                source,
+            })?;
+        }
+        let (events, _) = broadcast::channel(256);
+        Ok(Agent {
+            shared: Arc::new(Shared {
+                runtime: prepared.runtime,
+                fetchers: prepared.fetchers,
+                services: prepared.services,
+                persistence_directory: config.persistence_directory.clone(),
+                events,
+                active: Mutex::new(HashMap::new()),
+                bundle_limits: config.bundle_limits,
+                verifications: prepared.verifications,
+                progress,
+            }),
+            bundles: config.bundles,
+        })
+    }
+
+    /// Everything [`Self::build`] checks (fetchers resolved, components had
+    /// and fitting the contract, grants derived, keys parsed), without
+    /// touching the persistence directory or starting anything: what each
+    /// used service would run with.
+    pub async fn check(self) -> Result<Vec<ServicePlan>, AgentError> {
+        let prepared = self.prepare().await?;
+        let mut plans: Vec<ServicePlan> = prepared
+            .services
+            .values()
+            .map(|entry| {
+                let fetcher = &prepared.fetchers[&entry.fetcher];
+                ServicePlan {
+                    service: entry.service.name.clone(),
+                    fetcher: entry.fetcher.clone(),
+                    digest: fetcher.digest().to_string(),
+                    grant: (*entry.grant).clone(),
+                    limits: fetcher.limits(),
+                }
+            })
+            .collect();
+        let order = |name: &str| prepared.config.services.iter().position(|s| s.name == name);
+        plans.sort_by_key(|plan| order(&plan.service));
+        Ok(plans)
+    }
+
+    async fn prepare(self) -> Result<Prepared, AgentError> {
         let config = self.config;
         let registry = if self.plugins_from_config {
             self.registry.with_plugins(&config)
@@ -300,13 +402,6 @@ impl AgentBuilder {
                 },
             );
         }
-        for bundle in &config.bundles {
-            let dir = BundleDir::new(&config.persistence_directory, &bundle.name, bundle.persist);
-            dir.prepare().map_err(|source| AgentError::Persistence {
-                path: dir.path().to_path_buf(),
-                source,
-            })?;
-        }
         let mut verifications = HashMap::new();
         for bundle in &config.bundles {
             if let Some(verification) =
@@ -315,21 +410,39 @@ impl AgentBuilder {
                 verifications.insert(bundle.name.clone(), Arc::new(verification));
             }
         }
-        let (events, _) = broadcast::channel(256);
-        Ok(Agent {
-            shared: Arc::new(Shared {
-                runtime,
-                fetchers,
-                services,
-                persistence_directory: config.persistence_directory.clone(),
-                events,
-                active: Mutex::new(HashMap::new()),
-                bundle_limits: config.bundle_limits,
-                verifications,
-            }),
-            bundles: config.bundles,
+        Ok(Prepared {
+            config,
+            runtime,
+            fetchers,
+            services,
+            verifications,
         })
     }
+}
+
+/// What [`AgentBuilder::check`] found a used service would run with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServicePlan {
+    /// The service.
+    pub service: String,
+    /// The fetcher (its service type) that serves it.
+    pub fetcher: String,
+    /// `sha256:<hex>` of the fetcher's component.
+    pub digest: String,
+    /// What the fetcher may reach and read for this service.
+    pub grant: Grant,
+    /// The bounds of each fetch.
+    pub limits: Limits,
+}
+
+/// A checked configuration, its fetchers loaded: what `build` starts from.
+struct Prepared {
+    config: Config,
+    runtime: Runtime,
+    fetchers: HashMap<String, Arc<FetcherComponent>>,
+    services: HashMap<String, ServiceEntry>,
+    verifications: HashMap<String, Arc<Verification>>,
 }
 
 /// A used service, the fetcher that serves it and its grant.
@@ -350,6 +463,7 @@ struct Shared {
     bundle_limits: BundleLimits,
     /// Per bundle name, how its signature is verified.
     verifications: HashMap<String, Arc<Verification>>,
+    progress: Option<Arc<ProgressFn>>,
 }
 
 /// The agent. Build it with [`Agent::new`], subscribe, then [`Agent::run`].
@@ -370,7 +484,16 @@ impl Agent {
             engine: None,
             epoch_ticker: true,
             component_cache: None,
+            progress: None,
         }
+    }
+
+    /// The current activation of `bundle`, if it is active: its bytes stay
+    /// readable through [`Activation::reader`] even after a newer one
+    /// replaces it.
+    pub fn current(&self, bundle: &str) -> Option<Activation> {
+        let active = self.shared.active.lock().expect("active lock");
+        active.get(bundle).cloned()
     }
 
     /// Events from now on.
@@ -557,6 +680,7 @@ impl Shared {
             dir: &dir,
             limits: self.limits(bundle),
             verification: self.verifications.get(&bundle.name).cloned(),
+            progress: self.progress.clone(),
         })
         .await
     }
@@ -581,7 +705,9 @@ impl Shared {
             fetched_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
         let path = dir.commit(fetched.file, &metadata).map_err(Refused::Io)?;
-        let activation = activation(bundle, metadata, roots, path, Source::Download);
+        // One task per bundle: nothing else commits it before this opens.
+        let file = File::open(&path).map_err(Refused::Io)?;
+        let activation = activation(bundle, metadata, roots, path, file, Source::Download);
         active.insert(bundle.name.clone(), activation.clone());
         drop(active);
         self.announce_activation(&activation);
@@ -635,7 +761,7 @@ impl Shared {
             if !path.exists() {
                 continue;
             }
-            let (summary, sha256, size) =
+            let (summary, sha256, size, file) =
                 match validate_file(&path, self.limits(bundle), verification) {
                     Ok(found) => found,
                     Err(e) => {
@@ -679,7 +805,7 @@ impl Shared {
                 self.fail(bundle, FailureKind::Roots, message);
                 return None;
             }
-            let activation = activation(bundle, metadata, roots, path, Source::Disk);
+            let activation = activation(bundle, metadata, roots, path, file, Source::Disk);
             active.insert(bundle.name.clone(), activation.clone());
             drop(active);
             self.announce_activation(&activation);
@@ -705,6 +831,7 @@ fn activation(
     metadata: Metadata,
     roots: Vec<String>,
     path: PathBuf,
+    file: File,
     source: Source,
 ) -> Activation {
     Activation {
@@ -716,6 +843,7 @@ fn activation(
         path,
         source,
         roots,
+        file: Arc::new(file),
     }
 }
 
@@ -741,16 +869,18 @@ fn check_roots(
     Ok(())
 }
 
-/// Validates a bundle file, returning what it holds, its SHA-256 and size.
+/// Validates a bundle file, returning what it holds, its SHA-256 and size,
+/// and the open file those were read from (what an activation of it
+/// serves, even if it is renamed).
 fn validate_file(
     path: &Path,
     limits: ValidationLimits,
     verification: Option<&Verification>,
-) -> Result<(BundleSummary, String, u64), BundleError> {
+) -> Result<(BundleSummary, String, u64, File), BundleError> {
     let file = File::open(path).map_err(BundleError::Io)?;
-    let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
+    let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, &file));
     let summary = bundle::validate_with(&mut reader, limits, verification)?;
     reader.drain().map_err(BundleError::Io)?;
     let (sha256, size) = reader.finish();
-    Ok((summary, sha256, size))
+    Ok((summary, sha256, size, file))
 }

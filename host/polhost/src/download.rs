@@ -175,7 +175,14 @@ pub(crate) struct DownloadJob<'a> {
     pub limits: ValidationLimits,
     /// How its signature is verified (`None`: no keys, no `signing`).
     pub verification: Option<Arc<Verification>>,
+    /// Told the bytes received so far, as they arrive.
+    pub progress: Option<Arc<ProgressFn>>,
 }
+
+/// Told `(bundle, bytes received so far)` while a download streams in
+/// (for a progress bar): called from polhost's writer thread, once per
+/// chunk of at most 1 MiB, so it must be quick.
+pub type ProgressFn = dyn Fn(&str, u64) + Send + Sync;
 
 /// Runs one download.
 pub(crate) async fn download(job: DownloadJob<'_>) -> Result<Download, FetchError> {
@@ -190,8 +197,13 @@ pub(crate) async fn download(job: DownloadJob<'_>) -> Result<Download, FetchErro
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let limits = job.limits;
     let verification = job.verification.clone();
-    let consumer =
-        tokio::task::spawn_blocking(move || consume(rx, file, limits, verification.as_deref()));
+    let progress = job
+        .progress
+        .clone()
+        .map(|report| (job.bundle.name.clone(), report));
+    let consumer = tokio::task::spawn_blocking(move || {
+        consume(rx, file, limits, verification.as_deref(), progress)
+    });
     let failure = SinkFailureSlot::default();
     let sink = BundleSink::new(tx, job.bundle.size_limit_bytes, failure.clone());
 
@@ -304,11 +316,12 @@ fn consume(
     file: NamedTempFile,
     limits: ValidationLimits,
     verification: Option<&Verification>,
+    progress: Option<(String, Arc<ProgressFn>)>,
 ) -> Result<ConsumedBundle, Consumed> {
     let (to_writer, writer_rx) = std::sync::mpsc::sync_channel(CHANNEL_CHUNKS);
     let writer = std::thread::Builder::new()
         .name("polhost-bundle-writer".into())
-        .spawn(move || write_and_hash(writer_rx, file))
+        .spawn(move || write_and_hash(writer_rx, file, progress))
         .map_err(Consumed::Io)?;
     let mut input = ChannelReader {
         rx,
@@ -341,6 +354,7 @@ fn consume(
 fn write_and_hash(
     chunks: std::sync::mpsc::Receiver<Bytes>,
     file: NamedTempFile,
+    progress: Option<(String, Arc<ProgressFn>)>,
 ) -> io::Result<(NamedTempFile, String, u64)> {
     use sha2::{Digest, Sha256};
     let mut writer = BufWriter::with_capacity(1 << 20, file);
@@ -350,6 +364,9 @@ fn write_and_hash(
         hasher.update(&chunk);
         writer.write_all(&chunk)?;
         size += chunk.len() as u64;
+        if let Some((bundle, report)) = &progress {
+            report(bundle, size);
+        }
     }
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.as_file().sync_all()?;

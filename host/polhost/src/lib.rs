@@ -56,7 +56,9 @@ pub use polhost_bundle as bundle;
 /// OPA's configuration, parsed (the `polhost-config` crate).
 pub use polhost_config as config;
 
-pub use agent::{Activation, Agent, AgentBuilder, AgentError, Event, Source};
+pub use agent::{
+    Activation, Agent, AgentBuilder, AgentError, BundleReader, Event, ServicePlan, Source,
+};
 pub use download::FailureKind;
 pub use fetcher::{
     ComponentSource, CredentialMethods, DeriveGrant, EnvLookup, FetcherDescriptor, FetcherRegistry,

@@ -335,6 +335,10 @@ pub(crate) struct CallOutcome {
 }
 
 impl FetcherComponent {
+    /// The bounds of each of its fetches.
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
     /// The fetcher's name (its service type, or its plugin name).
     pub fn name(&self) -> &str {
         &self.name
