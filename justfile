@@ -22,8 +22,10 @@ lint:
     cd examples/fetchers/etcd && cargo fmt --all --check
 
 # Fetch a 256 MiB bundle through the http fetcher; compare with curl + sha256sum.
+# Then decision latency of the edge-authz embedding, with and without swaps.
 bench:
     cargo bench --locked -p polhost-cli --bench fetch
+    cargo bench --locked -p edge-authz --bench decisions
 
 # Fuzz the archive validator, the signature/manifest parsers and the config
 # parser, 60 s each (nightly; see fuzz/README.md).

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use polhost::config::Config;
 use polhost::{Activation, Agent, Event, FailureKind, GrantRule, Limits};
 use sha2::Digest;
-use tokio::sync::broadcast;
 
 use crate::harness::nginx::{AccessEntry, Nginx, NginxOptions};
-use crate::in_process::{self, activation};
+use crate::in_process::{self, activation, collect_until};
 use crate::support::{PATIENCE, bundle, publish, sha256_file};
 
 pub(crate) const HOSTILE: &str = polhost_test_programs::HOSTILE;
@@ -463,25 +462,6 @@ async fn a_digest_the_bytes_do_not_have_is_refused() {
             "digest mismatch: the service announced sha256:{announced}, the bytes are sha256:{actual}"
         )
     );
-}
-
-/// Receives events until `done` holds for all received so far (kept in
-/// `seen`), or panics after `timeout` saying `what`.
-async fn collect_until(
-    events: &mut broadcast::Receiver<Event>,
-    seen: &mut Vec<Event>,
-    timeout: Duration,
-    what: &str,
-    done: impl Fn(&[Event]) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !done(seen) {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(event)) => seen.push(event),
-            Ok(Err(e)) => panic!("waiting for {what}: {e}"),
-            Err(_) => panic!("waited {timeout:?} for {what}; saw {seen:#?}"),
-        }
-    }
 }
 
 fn failures_of(events: &[Event], bundle: &str) -> usize {

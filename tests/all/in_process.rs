@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use polhost::config::Config;
-use polhost::{Activation, Agent, ComponentSource, Event, FailureKind, FetcherDescriptor, Limits};
+use polhost::{
+    Activation, Agent, AgentBuilder, ComponentSource, Event, FailureKind, FetcherDescriptor, Limits,
+};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -32,18 +34,67 @@ pub async fn agent(
     extra: Vec<FetcherDescriptor>,
     limits: Limits,
 ) -> Result<Agent, polhost::AgentError> {
-    let mut text = yaml.to_string();
-    if !text.contains("persistence_directory") {
-        text.push_str(&format!("\npersistence_directory: {}\n", state.display()));
-    }
-    let config = Config::parse(&text, &|_| None).expect("test config parses");
-    let mut builder = Agent::builder(config)
-        .fetchers(polhost_fetchers::registry())
-        .limits(limits);
+    let mut builder = builder(yaml, state, &[]).limits(limits);
     for descriptor in extra {
         builder = builder.fetcher(descriptor);
     }
     builder.build().await
+}
+
+/// A builder for `yaml` (its `persistence_directory` set to `state`
+/// unless the text sets it) with the standard fetchers, `${VAR}` in the
+/// text and the fetchers' granted variables looked up in `env` only.
+pub fn builder(yaml: &str, state: &std::path::Path, env: &[(&str, &str)]) -> AgentBuilder {
+    let mut text = yaml.to_string();
+    if !text.contains("persistence_directory") {
+        text.push_str(&format!("\npersistence_directory: {}\n", state.display()));
+    }
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let lookup = move |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let config = Config::parse(&text, &lookup).expect("test config parses");
+    Agent::builder(config)
+        .env(lookup)
+        .fetchers(polhost_fetchers::registry())
+}
+
+/// Runs `agent.run_once()`: how many bundles are not active afterwards
+/// (what `polhost run --once` exits 1 for), and every event announced.
+pub async fn poll_counting(agent: &Agent) -> (usize, Vec<Event>) {
+    let mut events = agent.subscribe();
+    let inactive = agent.run_once().await;
+    (inactive, drain(&mut events))
+}
+
+/// Receives events into `seen` until `done` holds for them, or panics
+/// after `timeout` saying `what` and showing them.
+pub async fn collect_until(
+    events: &mut broadcast::Receiver<Event>,
+    seen: &mut Vec<Event>,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[Event]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done(seen) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(event)) => seen.push(event),
+            Ok(Err(e)) => panic!("waiting for {what}: {e}"),
+            Err(_) => panic!("waited {timeout:?} for {what}; saw {seen:#?}"),
+        }
+    }
+}
+
+/// Panics if `secret` is in any of `events` (a message, a field, ...).
+pub fn assert_in_no_event(events: &[Event], secret: &str) {
+    for event in events {
+        assert!(
+            !format!("{event:?}").contains(secret),
+            "a secret is in an event: {event:?}"
+        );
+    }
 }
 
 /// Runs `agent.run_once()` and returns every event it announced.

@@ -2,25 +2,46 @@
 //! logging and signals, reads the process environment once, and hands over
 //! to the libraries (`polhost`, `polhost-fetchers`).
 
+mod check;
+mod progress;
+
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use polhost::config::{Config, FetcherEntry, process_env};
-use polhost::{Agent, ComponentSource, FetcherDescriptor, serve};
+use polhost::config::{Config, FetcherEntry, Override, process_env};
+use polhost::{Agent, AgentError, ComponentSource, FetcherDescriptor, serve};
+
+use progress::Progress;
 
 /// Exit code for an unusable configuration or component.
 const EXIT_CONFIG: u8 = 2;
 
+/// What `--version` and `-V` print after `polhost `: the version, the
+/// fetcher contract it speaks, and the digest of each standard fetcher
+/// (what `polhost.fetchers.<type>.digest` would pin).
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    let mut text = format!(
+        "{}\nfetcher contract: {}\nstandard fetchers:",
+        env!("CARGO_PKG_VERSION"),
+        polhost::wit::PACKAGE
+    );
+    for (service_type, digest) in polhost_fetchers::digests() {
+        text.push_str(&format!("\n  {service_type:<6} {digest}"));
+    }
+    text
+});
+
 #[derive(Parser)]
 #[command(
     name = "polhost",
-    version,
+    version = VERSION.as_str(),
     about = "Keeps OPA policy bundles downloaded, validated, persisted and fresh"
 )]
 struct Cli {
@@ -47,7 +68,12 @@ enum Command {
         /// active, 1 if not.
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        overrides: OverrideArgs,
     },
+    /// Check a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Serve DIR/**/*.tar.gz as OPA bundles (ETag, 304, long polling).
     Serve {
         /// Directory holding the bundles.
@@ -59,6 +85,63 @@ enum Command {
     /// Fetcher plugins: inspect a component, or get the WIT to build one.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Print a shell completion script (e.g. `polhost completions bash >
+    /// /etc/bash_completion.d/polhost`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration as `run` would (fetchers resolved,
+    /// components loaded and checked, grants derived, keys parsed) and
+    /// print what each used service would run with; touches no bundle and
+    /// creates no persistence directory. Exit 0 if valid, 2 if not.
+    Check {
+        /// OPA configuration file (YAML or JSON).
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
+}
+
+/// OPA's `--set` and `--set-file`, applied over the file.
+#[derive(clap::Args)]
+struct OverrideArgs {
+    /// Set a value over the file, as OPA's --set: KEY=VALUE[,KEY=VALUE...]
+    /// (repeatable)
+    ///
+    /// KEY is a dotted path (services.acme.url, bundles.authz.persist),
+    /// list items by index (services[0].url); `\` escapes `.`, `,`, `=`.
+    /// true/false, null and integers are typed, anything else is a string.
+    /// Applied in order over the file, after ${ENV} substitution (which
+    /// applies to VALUE too).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Set a value to a file's content, as OPA's --set-file:
+    /// KEY=PATH[,KEY=PATH...] (repeatable)
+    ///
+    /// The content, surrounding whitespace trimmed, is a string value.
+    /// Applied after every --set.
+    #[arg(long = "set-file", value_name = "KEY=PATH")]
+    set_file: Vec<String>,
+}
+
+impl OverrideArgs {
+    /// The overrides, in OPA's order: every `--set`, then every
+    /// `--set-file`.
+    fn parse(&self) -> Result<Vec<Override>, Failure> {
+        let sets = self.set.iter().map(|arg| Override::parse_set(arg));
+        let files = self
+            .set_file
+            .iter()
+            .map(|arg| Override::parse_set_file(arg));
+        sets.chain(files)
+            .collect::<Result<_, _>>()
+            .map_err(|e| Failure::Config(e.into()))
+    }
 }
 
 #[derive(Subcommand)]
@@ -87,7 +170,12 @@ enum PluginCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Bars only where someone watches them, and never inside JSON logs.
+    let progress = match (&cli.command, cli.log_format) {
+        (Command::Run { .. }, LogFormat::Text) => Progress::on_terminal(),
+        _ => None,
+    };
+    init_logging(cli.log_format, progress.as_ref());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -97,7 +185,23 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config, once } => run(config, once).await,
+            Command::Run {
+                config,
+                once,
+                overrides,
+            } => run(config, once, &overrides, progress).await,
+            Command::Config(ConfigCommand::Check { config, overrides }) => {
+                check::check(config, &overrides).await
+            }
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "polhost",
+                    &mut std::io::stdout(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Serve { dir, addr } => serve_dir(dir, addr).await.map_err(Failure::Other),
             Command::Plugin(PluginCommand::Inspect {
                 component,
@@ -129,11 +233,16 @@ enum Failure {
 }
 
 fn load_config(path: &Path) -> Result<Config, Failure> {
-    Config::load(path, &process_env).map_err(|e| Failure::Config(e.into()))
+    load_config_with(path, &[])
 }
 
-async fn run(path: PathBuf, once: bool) -> Result<ExitCode, Failure> {
-    let config = load_config(&path)?;
+fn load_config_with(path: &Path, overrides: &[Override]) -> Result<Config, Failure> {
+    Config::load_with_overrides(path, &process_env, overrides)
+        .map_err(|e| Failure::Config(e.into()))
+}
+
+/// What `run` and `config check` warn about a loaded configuration.
+fn warn_about(config: &Config, path: &Path) {
     if !config.ignored_keys.is_empty() {
         tracing::warn!(
             "ignoring configuration keys polhost does not implement yet: {}",
@@ -143,35 +252,59 @@ async fn run(path: PathBuf, once: bool) -> Result<ExitCode, Failure> {
     if config.bundles.is_empty() {
         tracing::warn!("{}: no bundles configured", path.display());
     }
+}
+
+/// An agent that could not be built or checked: exit 2 when the
+/// configuration must change, 1 when the machine must.
+fn agent_failure(path: &Path, e: AgentError) -> Failure {
+    let config_error = e.is_config_error();
+    let e = anyhow::Error::new(e).context(path.display().to_string());
+    if config_error {
+        Failure::Config(e)
+    } else {
+        Failure::Other(e)
+    }
+}
+
+async fn run(
+    path: PathBuf,
+    once: bool,
+    overrides: &OverrideArgs,
+    progress: Option<Progress>,
+) -> Result<ExitCode, Failure> {
+    let config = load_config_with(&path, &overrides.parse()?)?;
+    warn_about(&config, &path);
     let cache = component_cache_dir(&config.persistence_directory);
-    let agent = Agent::builder(config)
+    let mut builder = Agent::builder(config)
         .env(process_env)
         .fetchers(polhost_fetchers::registry())
-        .component_cache(cache)
-        .build()
-        .await
-        .map_err(|e| {
-            let config_error = e.is_config_error();
-            let e = anyhow::Error::new(e).context(path.display().to_string());
-            if config_error {
-                Failure::Config(e)
-            } else {
-                Failure::Other(e)
-            }
-        })?;
-    if once {
+        .component_cache(cache);
+    if let Some(progress) = &progress {
+        let progress = progress.clone();
+        builder = builder.progress(move |bundle, bytes| progress.report(bundle, bytes));
+    }
+    let agent = builder.build().await.map_err(|e| agent_failure(&path, e))?;
+    if let Some(progress) = &progress {
+        progress.follow(agent.subscribe());
+    }
+    let code = if once {
         let inactive = agent.run_once().await;
-        return Ok(if inactive == 0 {
+        if inactive == 0 {
             ExitCode::SUCCESS
         } else {
             tracing::error!("{inactive} bundle(s) not active");
             ExitCode::FAILURE
-        });
+        }
+    } else {
+        let shutdown = shutdown_on_signal();
+        agent.run(shutdown).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    };
+    if let Some(progress) = &progress {
+        progress.clear_all();
     }
-    let shutdown = shutdown_on_signal();
-    agent.run(shutdown).await;
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 async fn serve_dir(dir: PathBuf, addr: SocketAddr) -> anyhow::Result<ExitCode> {
@@ -315,12 +448,12 @@ fn wit(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 /// shared by every configuration; without one (a service with no home),
 /// inside the persistence directory. Whichever it is, the library uses it
 /// only while it is private to this user.
-fn component_cache_dir(persistence_directory: &Path) -> PathBuf {
+pub(crate) fn component_cache_dir(persistence_directory: &Path) -> PathBuf {
     component_cache_dir_of_env(&process_env)
         .unwrap_or_else(|| persistence_directory.join(".cache/components"))
 }
 
-fn component_cache_dir_of_env(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+pub(crate) fn component_cache_dir_of_env(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     env("XDG_CACHE_HOME")
         .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
@@ -349,15 +482,16 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, progress: Option<&Progress>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("POLHOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    match (format, progress) {
+        // Above the progress bars, which hide while a line is written.
+        (LogFormat::Text, Some(progress)) => builder.with_writer(progress.log_writer()).init(),
+        (LogFormat::Text, None) => builder.with_writer(std::io::stderr).init(),
+        (LogFormat::Json, _) => builder.with_writer(std::io::stderr).json().init(),
     }
 }

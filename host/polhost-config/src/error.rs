@@ -46,6 +46,20 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+
+    /// A `--set` or `--set-file` argument is malformed or cannot be
+    /// applied, or set a field to an invalid value: `--set <key>: <problem>`
+    /// (the key, never the value).
+    #[error("{flag} {key}: {message}")]
+    Override {
+        /// `--set` or `--set-file`.
+        flag: String,
+        /// The key as written in the argument, or the path of the field
+        /// below it that is invalid.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl ConfigError {
@@ -92,7 +106,8 @@ impl ConfigError {
                 path: field,
                 message,
             },
-            read @ ConfigError::Read { .. } => read,
+            // Not in the file: the message names the flag.
+            other @ (ConfigError::Read { .. } | ConfigError::Override { .. }) => other,
         }
     }
 }

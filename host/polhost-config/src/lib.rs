@@ -41,6 +41,7 @@ mod error;
 mod fetchers;
 mod keys;
 mod limits;
+mod overrides;
 mod service;
 mod tree;
 
@@ -49,6 +50,7 @@ pub use env::process_env;
 pub use error::ConfigError;
 pub use fetchers::{ComponentLocation, FetcherEntry, FetcherLimits};
 pub use limits::BundleLimits;
+pub use overrides::Override;
 pub use polhost_bundle::{ALGORITHMS, Key, Secret, Signing};
 pub use service::{BearerCredentials, Credentials, Service};
 
@@ -86,11 +88,24 @@ impl Config {
     /// with `env`'s `VAR` (empty when undefined): pass [`process_env`] for
     /// the process environment.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::load_with_overrides(path, env, &[])
+    }
+
+    /// [`Config::load`], with `--set`/`--set-file` values applied over the
+    /// file (after its `${VAR}` substitution), in order: OPA applies every
+    /// `--set` before every `--set-file`. An error in a value an override
+    /// set names the flag and field instead of the file.
+    pub fn load_with_overrides(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &[Override],
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
             error,
         })?;
-        let mut config = Config::parse(&text, env).map_err(|e| e.in_file(path))?;
+        let mut config =
+            Config::parse_with_overrides(&text, env, overrides).map_err(|e| e.in_file(path))?;
         if let Some(dir) = path.parent() {
             fetchers::rebase(&mut config.fetchers, dir);
         }
@@ -99,9 +114,25 @@ impl Config {
 
     /// Parses text; `env` looks up variables for ${VAR} substitution.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        Config::parse_with_overrides(text, env, &[])
+    }
+
+    /// [`Config::parse`], with `--set`/`--set-file` values applied over the
+    /// text's tree, in order (see [`Config::load_with_overrides`]).
+    pub fn parse_with_overrides(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        overrides: &[Override],
+    ) -> Result<Config, ConfigError> {
         let text = env::substitute(text, env);
-        let root = tree::parse(&text)?;
-        let top = match &root {
+        let mut root = tree::parse(&text)?;
+        let set_paths = overrides::apply(&mut root, overrides, env)?;
+        Config::from_tree(&root).map_err(|e| overrides::attribute(e, &set_paths))
+    }
+
+    /// Reads the sections of the document.
+    fn from_tree(root: &Node) -> Result<Config, ConfigError> {
+        let top = match root {
             Node::Map(entries) => entries.as_slice(),
             Node::Null => tree::EMPTY,
             other => {

@@ -4,12 +4,43 @@
 //! grant is derived). The core knows none of them: this crate hands them
 //! over as data, the same kind a plugin is.
 //!
-//! ```no_run
-//! # async fn example(config: polhost::config::Config) -> Result<(), polhost::AgentError> {
-//! let agent = polhost::Agent::builder(config)
+//! An embedding, whole: a bundle server on 127.0.0.1 (polhost's own
+//! `serve`), an agent with the standard fetchers, one poll, and the active
+//! bundle read back.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::io::Read;
+//! use polhost::{Agent, config::Config};
+//!
+//! // A directory of bundles, served as OPA's REST bundle protocol.
+//! let www = tempfile::tempdir()?;
+//! std::fs::create_dir(www.path().join("bundles"))?;
+//! let bundle = include_bytes!("../../../examples/quickstart/bundles/authz.tar.gz");
+//! std::fs::write(www.path().join("bundles/authz.tar.gz"), bundle)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let url = format!("http://{}", listener.local_addr()?);
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! tokio::spawn(polhost::serve::serve(www.path().into(), listener, stop.clone()));
+//!
+//! let config = Config::parse(
+//!     &format!("services:\n  local:\n    url: {url}\nbundles:\n  authz: {{}}\n"),
+//!     &|_| None,
+//! )?;
+//! let state = tempfile::tempdir()?;
+//! let agent = Agent::builder(config)
 //!     .fetchers(polhost_fetchers::registry())
+//!     .persistence_directory(state.path())
 //!     .build()
 //!     .await?;
+//! assert_eq!(agent.run_once().await, 0, "every bundle is active");
+//! let active = agent.current("authz").expect("authz is active");
+//! assert_eq!(active.revision, "quickstart-1");
+//! let mut bytes = Vec::new();
+//! active.reader().read_to_end(&mut bytes)?;
+//! assert_eq!(bytes, bundle);
+//! # stop.cancel();
 //! # Ok(())
 //! # }
 //! ```
@@ -34,6 +65,22 @@ pub fn component(service_type: &str) -> Option<&'static [u8]> {
         .iter()
         .find(|(name, _)| *name == service_type)
         .map(|(_, wasm)| *wasm)
+}
+
+/// Each standard fetcher's service type and the `sha256:<hex>` digest of
+/// its component, in the registry's order: what `polhost --version` shows
+/// and what `polhost.fetchers.<type>.digest` would pin.
+pub fn digests() -> Vec<(&'static str, String)> {
+    use sha2::Digest;
+    STANDARD
+        .iter()
+        .map(|(name, wasm)| {
+            (
+                *name,
+                format!("sha256:{}", hex::encode(sha2::Sha256::digest(wasm))),
+            )
+        })
+        .collect()
 }
 
 /// What one standard fetcher accepts and needs.
@@ -123,6 +170,19 @@ mod tests {
         assert_eq!(registry.types(), ["http", "oci", "s3", "azure", "gcs"]);
         for (service_type, wasm) in STANDARD {
             assert!(wasm.starts_with(b"\0asm"), "{service_type}");
+        }
+    }
+
+    #[test]
+    fn digests_name_every_standard_fetcher() {
+        let digests = digests();
+        let types: Vec<_> = digests.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, ["http", "oci", "s3", "azure", "gcs"]);
+        for (_, digest) in &digests {
+            assert!(
+                digest.starts_with("sha256:") && digest.len() == 71,
+                "{digest}"
+            );
         }
     }
 
