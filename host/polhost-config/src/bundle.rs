@@ -203,6 +203,9 @@ fn parse_bundle(
     })
 }
 
+/// The longest file name Linux file systems take.
+const MAX_NAME_BYTES: usize = 255;
+
 /// A bundle name becomes a directory name: `<persistence_directory>/bundles/<name>/`.
 fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -211,6 +214,8 @@ fn check_name(name: &str) -> Result<(), &'static str> {
         Err(
             "a bundle name must be usable as a directory name (no '/', '\\' or NUL, not '.' or '..')",
         )
+    } else if name.len() > MAX_NAME_BYTES {
+        Err("a bundle name is a directory name: at most 255 bytes")
     } else {
         Ok(())
     }
@@ -391,6 +396,23 @@ mod tests {
     fn bundle_names_the_service_it_uses() {
         let config = parse(&with_bundle("    service: t\n"));
         assert_eq!(config.bundles[0].service, "t");
+    }
+
+    #[test]
+    fn a_300_byte_bundle_name_is_a_field_error_not_file_name_too_long() {
+        // Issue 10, item 12: such a name reached the file system and failed
+        // there ("File name too long", exit 1) instead of naming the field.
+        let name = "b".repeat(300);
+        assert_eq!(
+            error(&format!(
+                "services:\n  s: {{url: 'https://s'}}\nbundles:\n  {name}: {{}}\n"
+            )),
+            format!("bundles.{name}: a bundle name is a directory name: at most 255 bytes")
+        );
+        let name = "b".repeat(255);
+        parse(&format!(
+            "services:\n  s: {{url: 'https://s'}}\nbundles:\n  {name}: {{}}\n"
+        ));
     }
 
     #[test]

@@ -99,6 +99,22 @@ const SERVICE_KEYS: &[&str] = &[
 const BEARER_KEYS: &[&str] = &["token", "token_path", "scheme"];
 
 const DEFAULT_RESPONSE_HEADER_TIMEOUT_SECONDS: u64 = 10;
+const MAX_RESPONSE_HEADER_TIMEOUT_SECONDS: u64 = 86_400;
+
+/// Headers the HTTP layer sets itself and refuses from a fetcher
+/// (wasmtime-wasi-http's forbidden list): configured on a service, every
+/// fetch would fail, so they are refused at start.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "http2-settings",
+];
 
 /// The fields read through serde (none of them a credential).
 #[derive(Deserialize)]
@@ -201,6 +217,15 @@ fn parse_service(
                 "must be > 0",
             ));
         }
+        Some(seconds) if seconds > MAX_RESPONSE_HEADER_TIMEOUT_SECONDS => {
+            // Larger values are typos, and past ~2^64 ns they wrap inside
+            // timers: a day is refused with a message rather than becoming
+            // a fraction of a second somewhere downstream.
+            return Err(ConfigError::invalid(
+                tree::join(path, "response_header_timeout_seconds"),
+                format!("must be at most {MAX_RESPONSE_HEADER_TIMEOUT_SECONDS} (a day)"),
+            ));
+        }
         Some(seconds) => seconds,
     };
 
@@ -292,6 +317,15 @@ fn parse_headers(node: Option<&Node>, path: &str) -> Result<Vec<(String, String)
             return Err(ConfigError::invalid(
                 header_path,
                 "not a valid HTTP header name",
+            ));
+        }
+        if FORBIDDEN_HEADERS
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(name))
+        {
+            return Err(ConfigError::invalid(
+                header_path,
+                "the HTTP layer sets this header itself: it cannot be configured",
             ));
         }
         let value = match value {
@@ -639,6 +673,44 @@ mod tests {
             )),
             "services.a.headers.X Key: not a valid HTTP header name"
         );
+    }
+
+    #[test]
+    fn forbidden_service_headers_are_refused_at_start_naming_the_header() {
+        // Issue 10, item 11: accepted at start, then every fetch failed with
+        // an error that named neither the header nor the field.
+        for name in [
+            "Host",
+            "Connection",
+            "transfer-encoding",
+            "Upgrade",
+            "Proxy-Authorization",
+        ] {
+            assert_eq!(
+                error(&with_service(&format!(
+                    "    url: https://a.example\n    headers: {{{name}: x}}\n"
+                ))),
+                format!(
+                    "services.a.headers.{name}: the HTTP layer sets this header itself: it cannot be configured"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_response_header_timeout_that_would_wrap_is_refused() {
+        // Issue 10, item 10: 18446744073709552 s wrapped inside the fetcher
+        // into a 0.38 s timeout.
+        assert_eq!(
+            error(&with_service(
+                "    url: https://a.example\n    response_header_timeout_seconds: 18446744073709552\n"
+            )),
+            "services.a.response_header_timeout_seconds: must be at most 86400 (a day)"
+        );
+        let config = parse(&with_service(
+            "    url: https://a.example\n    response_header_timeout_seconds: 86400\n",
+        ));
+        assert_eq!(config.services[0].response_header_timeout_seconds, 86_400);
     }
 
     #[test]
