@@ -16,7 +16,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use polhost::config::{Config, FetcherEntry, Override, process_env};
-use polhost::{Agent, AgentError, ComponentSource, FetcherDescriptor, serve};
+use polhost::{Agent, AgentError, FetcherDescriptor, serve};
 
 use progress::Progress;
 
@@ -342,17 +342,14 @@ async fn inspect(
         .map_err(|e| Failure::Config(anyhow::anyhow!("{component}: {e}")))?
         .fetchers
         .remove(0);
-    let mut descriptor = FetcherDescriptor::from_entry(&entry);
-    if let ComponentSource::File { path, .. } = descriptor.source() {
+    let mut entry = entry;
+    if let polhost::config::ComponentLocation::File(path) = &mut entry.component
+        && let Ok(cwd) = std::env::current_dir()
+    {
         // Relative to where the user stands, not to a config file.
-        let path = std::env::current_dir()
-            .map(|cwd| cwd.join(path))
-            .unwrap_or_else(|_| path.clone());
-        descriptor = FetcherDescriptor::from_entry(&FetcherEntry {
-            component: polhost::config::ComponentLocation::File(path),
-            ..entry.clone()
-        });
+        *path = cwd.join(&*path);
     }
+    let descriptor = FetcherDescriptor::from_entry(&entry);
     let cache = config
         .as_ref()
         .map(|c| component_cache_dir(&c.persistence_directory))

@@ -44,18 +44,6 @@ fn present(value: &Value, path: &[&str]) -> bool {
         .is_some_and(|v| !v.is_null())
 }
 
-fn env_var(grant: &mut Grant, name: &str) {
-    grant.add_env(name);
-}
-
-fn file(grant: &mut Grant, path: PathBuf) {
-    grant.add_file(path);
-}
-
-fn origin(grant: &mut Grant, url: &str) {
-    grant.add_origin_of_url(url);
-}
-
 /// A variable of the injected environment, if set and not empty.
 fn var(env: &EnvLookup, name: &str) -> Option<String> {
     env(name).filter(|v| !v.is_empty())
@@ -73,7 +61,7 @@ fn s3_signing(grant: &mut Grant, raw: &Value, env: &EnvLookup) {
     // A provider's region falls back to AWS_REGION.
     let region_env = |grant: &mut Grant, provider: &str| {
         if text(signing, &[provider, "aws_region"]).is_none() {
-            env_var(grant, "AWS_REGION");
+            grant.add_env("AWS_REGION");
         }
     };
     if present(signing, &["environment_credentials"]) {
@@ -84,22 +72,22 @@ fn s3_signing(grant: &mut Grant, raw: &Value, env: &EnvLookup) {
             "AWS_SECURITY_TOKEN",
             "AWS_REGION",
         ] {
-            env_var(grant, name);
+            grant.add_env(name);
         }
     }
     if present(signing, &["web_identity_credentials"]) {
         let provider = "web_identity_credentials";
-        env_var(grant, "AWS_ROLE_ARN");
-        env_var(grant, "AWS_WEB_IDENTITY_TOKEN_FILE");
+        grant.add_env("AWS_ROLE_ARN");
+        grant.add_env("AWS_WEB_IDENTITY_TOKEN_FILE");
         region_env(grant, provider);
         if let Some(token_file) = var(env, "AWS_WEB_IDENTITY_TOKEN_FILE") {
-            file(grant, PathBuf::from(token_file));
+            grant.add_file(PathBuf::from(token_file));
         }
         match text(signing, &[provider, "endpoint"]) {
-            Some(endpoint) => origin(grant, endpoint),
+            Some(endpoint) => grant.add_origin_of_url(endpoint),
             None => {
                 if text(signing, &[provider, "aws_domain"]).is_none() {
-                    env_var(grant, "AWS_DOMAIN");
+                    grant.add_env("AWS_DOMAIN");
                 }
                 let region = text(signing, &[provider, "aws_region"])
                     .map(str::to_string)
@@ -109,14 +97,11 @@ fn s3_signing(grant: &mut Grant, raw: &Value, env: &EnvLookup) {
                     .or_else(|| var(env, "AWS_DOMAIN"))
                     .unwrap_or_else(|| "amazonaws.com".to_string());
                 if let Some(region) = region.filter(|r| !r.is_empty()) {
-                    origin(
-                        grant,
-                        &format!(
-                            "https://sts.{}.{}",
-                            region.to_ascii_lowercase(),
-                            domain.to_ascii_lowercase()
-                        ),
-                    );
+                    grant.add_origin_of_url(&format!(
+                        "https://sts.{}.{}",
+                        region.to_ascii_lowercase(),
+                        domain.to_ascii_lowercase()
+                    ));
                 }
             }
         }
@@ -125,15 +110,15 @@ fn s3_signing(grant: &mut Grant, raw: &Value, env: &EnvLookup) {
         let provider = "profile_credentials";
         region_env(grant, provider);
         if text(signing, &[provider, "profile"]).is_none() {
-            env_var(grant, "AWS_PROFILE");
+            grant.add_env("AWS_PROFILE");
         }
         let path = match text(signing, &[provider, "path"]) {
             Some(path) => Some(PathBuf::from(path)),
             None => {
                 // The guest has no HOME of its own: grant the values it
                 // needs to name the default file, and that file.
-                env_var(grant, "AWS_SHARED_CREDENTIALS_FILE");
-                env_var(grant, "HOME");
+                grant.add_env("AWS_SHARED_CREDENTIALS_FILE");
+                grant.add_env("HOME");
                 match var(env, "AWS_SHARED_CREDENTIALS_FILE") {
                     Some(path) => Some(PathBuf::from(path)),
                     None => var(env, "HOME").map(|home| {
@@ -143,14 +128,14 @@ fn s3_signing(grant: &mut Grant, raw: &Value, env: &EnvLookup) {
             }
         };
         if let Some(path) = path {
-            file(grant, path);
+            grant.add_file(path);
         }
     }
     if present(signing, &["metadata_credentials"]) {
         let provider = "metadata_credentials";
         region_env(grant, provider);
         let endpoint = text(signing, &[provider, "endpoint"]).unwrap_or(AWS_IMDS);
-        origin(grant, endpoint);
+        grant.add_origin_of_url(endpoint);
     }
 }
 
@@ -166,17 +151,17 @@ fn azure_credentials(grant: &mut Grant, raw: &Value, env: &EnvLookup) {
         return;
     };
     if let Some(path) = text(credentials, &["azure_sas", "token_path"]) {
-        file(grant, PathBuf::from(path));
+        grant.add_file(PathBuf::from(path));
     }
     if present(credentials, &["azure_managed_identity"]) {
         match text(credentials, &["azure_managed_identity", "endpoint"]) {
-            Some(endpoint) => origin(grant, endpoint),
+            Some(endpoint) => grant.add_origin_of_url(endpoint),
             None => {
-                env_var(grant, "IDENTITY_ENDPOINT");
-                env_var(grant, "IDENTITY_HEADER");
+                grant.add_env("IDENTITY_ENDPOINT");
+                grant.add_env("IDENTITY_HEADER");
                 match var(env, "IDENTITY_ENDPOINT") {
-                    Some(endpoint) => origin(grant, &endpoint),
-                    None => origin(grant, AZURE_IMDS),
+                    Some(endpoint) => grant.add_origin_of_url(&endpoint),
+                    None => grant.add_origin_of_url(AZURE_IMDS),
                 }
             }
         }
@@ -195,17 +180,15 @@ fn gcs_credentials(grant: &mut Grant, raw: &Value) {
         return;
     };
     if present(credentials, &["gcp_metadata"]) {
-        origin(
-            grant,
+        grant.add_origin_of_url(
             text(credentials, &["gcp_metadata", "endpoint"]).unwrap_or(GCP_METADATA),
         );
     }
     if present(credentials, &["gcp_service_account"]) {
         if let Some(path) = text(credentials, &["gcp_service_account", "key_path"]) {
-            file(grant, PathBuf::from(path));
+            grant.add_file(PathBuf::from(path));
         }
-        origin(
-            grant,
+        grant.add_origin_of_url(
             text(credentials, &["gcp_service_account", "token_url"]).unwrap_or(GOOGLE_TOKEN_URL),
         );
     }
