@@ -22,9 +22,11 @@ lint:
     cd examples/fetchers/etcd && cargo fmt --all --check
 
 # Fetch a 256 MiB bundle through the http fetcher; compare with curl + sha256sum.
+# Then 100 long-polling clients + 10 OPAs on one polhost vs plain polling.
 # Then decision latency of the edge-authz embedding, with and without swaps.
 bench:
     cargo bench --locked -p polhost-cli --bench fetch
+    cargo bench --locked -p polhost-cli --bench long_polling
     cargo bench --locked -p edge-authz --bench decisions
 
 # Fuzz the archive validator, the signature/manifest parsers and the config

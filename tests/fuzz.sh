@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs each cargo-fuzz target (fuzz/) for a bounded time: the archive
-# validator, the signature/manifest parsers and the config parser. A fixed
+# validator, the signature/manifest parsers, the config parser and data.yaml. A fixed
 # seed keeps a run repeatable; a crash fails the run and its input lands in
 # fuzz/artifacts/ (see fuzz/README.md for turning it into a regression test).
 set -euo pipefail
@@ -26,7 +26,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/polhost/target}/fuzz
 cd "$root/fuzz"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in archive signature config; do
+for target in archive signature config data_yaml; do
   echo "==> fuzz $target (${seconds}s)"
   if ! cargo +nightly fuzz run "$target" -- -max_total_time="$seconds" -seed=1 >"$log" 2>&1; then
     tail -n 60 "$log"

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         max_uncompressed_bytes: 8 << 20,
         max_data_keys: 10_000,
     };
-    let _ = validate(data, limits);
+    let _ = validate(std::io::Cursor::new(data), limits);
     let key = Key {
         id: "k".into(),
         key: Secret::new("fuzz".into()),
@@ -21,6 +21,6 @@ fuzz_target!(|data: &[u8]| {
         scope: String::new(),
     };
     if let Ok(Some(verification)) = Verification::new(&[key], None) {
-        let _ = validate_with(data, limits, Some(&verification));
+        let _ = validate_with(std::io::Cursor::new(data), limits, Some(&verification));
     }
 });

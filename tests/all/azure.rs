@@ -223,3 +223,47 @@ fn azure_managed_identity_token_from_an_identity_stand_in_is_sent_as_bearer() {
     assert!(log[0].authorization_present);
     assert!(!run.stderr.contains(TOKEN), "the token leaked into the log");
 }
+
+#[test]
+fn a_sas_signature_stays_out_of_trace_logs_in_text_and_json() {
+    let azurite = Azurite::start();
+    azurite.put(BLOB, &bundle("v1"));
+    let sas = azurite.sas(BLOB);
+    let signature = sas
+        .split('&')
+        .find_map(|p| p.strip_prefix("sig="))
+        .unwrap()
+        .to_string();
+    // As it may be shown: percent-encoded as in the token, or decoded.
+    let decoded = signature
+        .replace("%2B", "+")
+        .replace("%2F", "/")
+        .replace("%3D", "=");
+    let work = Workdir::new();
+    let url = format!("{}/{CONTAINER}", azurite.endpoint());
+    let cfg = work.config(&config(
+        &url,
+        "      azure_sas:\n        token: ${AZURE_SAS}",
+    ));
+    for (format, trace_line) in [("text", " TRACE "), ("json", r#""level":"TRACE""#)] {
+        let run = polhost(
+            &[
+                "--log-format",
+                format,
+                "run",
+                "--once",
+                cfg.to_str().unwrap(),
+            ],
+            &[("AZURE_SAS", &sas), ("POLHOST_LOG", "trace")],
+        );
+        assert!(run.status.success(), "{format}: {}", run.stderr);
+        // The level was in force: this is the log a secret would be in.
+        assert!(run.stderr.contains(trace_line), "{format}: {}", run.stderr);
+        for shown in [&signature, &decoded] {
+            assert!(
+                !run.stderr.contains(shown.as_str()),
+                "{format}: the SAS signature leaked into the trace log"
+            );
+        }
+    }
+}

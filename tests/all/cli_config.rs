@@ -620,3 +620,134 @@ fn a_terminal_shows_no_spinner_for_a_small_download() {
     assert!(screen.contains("bundle activated"), "{screen:?}");
     assert!(!screen.contains("/s,"), "{screen:?}");
 }
+
+// Hostile configuration files (issue 10): refused with exit 2 and one line
+// naming the file, in memory that does not grow with what the file would
+// expand to. Memory is read as the child's peak RSS (`wait4`), not timed.
+
+/// The most a refused configuration may make polhost hold: its own floor
+/// (about 30 MiB, the binary and its embedded components) plus room for a
+/// file at the 4 MiB cap and a tree at the parser's budgets. Before the
+/// fix, the alias bomb went past 1 GiB and `/dev/zero` had no bound.
+const REFUSED_CONFIG_MAX_RSS_MIB: i64 = 128;
+
+/// `polhost run --once CONFIG` to its end: exit status, stderr and peak RSS
+/// in MiB. Killed (and the test failed) after a generous minute, so a
+/// regression fails instead of hanging the suite.
+fn run_measured(config: &std::path::Path) -> (std::process::ExitStatus, String, i64) {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut command = Command::new(POLHOST);
+    command
+        .args(["run", "--once", config.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = crate::harness::spawn_tied(command).expect("starting polhost");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let pid = child.id() as libc::pid_t;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our unreaped child; the pointers are valid.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
+        if Instant::now() >= deadline {
+            crate::harness::terminate(&mut child, libc::SIGKILL, Duration::from_secs(1));
+            panic!(
+                "polhost run {} did not exit within a minute",
+                config.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Reaped by wait4: dropping the handle neither waits nor kills.
+    drop(child);
+    let stderr = reader.join().unwrap();
+    (
+        std::process::ExitStatus::from_raw(status),
+        stderr,
+        usage.ru_maxrss / 1024,
+    )
+}
+
+fn assert_refused_in_bounded_memory(config: &std::path::Path, message: &str) {
+    let (status, stderr, rss_mib) = run_measured(config);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let expected = format!("polhost: {}: {message}", config.display());
+    assert!(
+        stderr.lines().any(|l| l.starts_with(&expected)),
+        "expected a line starting:\n{expected}\ngot:\n{stderr}"
+    );
+    assert!(
+        rss_mib <= REFUSED_CONFIG_MAX_RSS_MIB,
+        "peak RSS {rss_mib} MiB > {REFUSED_CONFIG_MAX_RSS_MIB} MiB"
+    );
+}
+
+/// Issue 10, item 1: 3.8 KB of aliases that expand to 90 million values.
+#[test]
+fn yaml_alias_bomb_exits_2_in_bounded_memory() {
+    let work = Workdir::new();
+    let bomb = format!(
+        "a: &a [{}]\nb: &b [{}]\nc: [{}]\n",
+        vec!["x"; 1000].join(","),
+        vec!["*a"; 300].join(","),
+        vec!["*b"; 300].join(",")
+    );
+    assert!(bomb.len() < 4096);
+    let cfg = work.config(&bomb);
+    assert_refused_in_bounded_memory(&cfg, "invalid YAML: ");
+}
+
+/// Issue 10, item 13: a file that never ends.
+#[test]
+fn dev_zero_as_config_exits_2_in_bounded_memory() {
+    assert_refused_in_bounded_memory(
+        "/dev/zero".as_ref(),
+        "the configuration file is larger than 4 MiB, the most polhost reads of one",
+    );
+}
+
+/// Issue 10, item 13: a 32 MB YAML list (it peaked at 523 MB).
+#[test]
+fn config_file_over_the_cap_exits_2_in_bounded_memory() {
+    let work = Workdir::new();
+    let path = work.path().join("big.yaml");
+    let mut text = String::from("l:\n");
+    while text.len() < 32 << 20 {
+        text.push_str("- abcdefgh\n");
+    }
+    std::fs::write(&path, text).unwrap();
+    assert_refused_in_bounded_memory(
+        &path,
+        "the configuration file is larger than 4 MiB, the most polhost reads of one",
+    );
+}
+
+/// Issue 10, item 5: the HMAC key was printed by serde's "invalid type".
+#[test]
+fn numeric_hmac_key_is_not_printed() {
+    let (run, file) = run_config("keys: {k: {algorithm: HS256, key: 12345678}}\n");
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.lines().any(|l| l
+            == format!("polhost: {file}: keys.k.key: invalid type: a number, expected a string")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("12345678"), "{}", run.stderr);
+}

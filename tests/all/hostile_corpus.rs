@@ -48,6 +48,37 @@ fn every_hostile_bundle_is_refused_with_its_expected_error() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// A 352-byte data.yaml that expands to 10^9 scalars ("billion laughs"):
+/// refused by the YAML alias budget at once, naming the file, where
+/// serde_yaml grew past 1 GiB.
+#[test]
+fn a_data_yaml_alias_bomb_is_refused_quickly_naming_the_file() {
+    let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x,x]\n");
+    for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+        let refs = vec![format!("*{prev}"); 10].join(",");
+        bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bomb.len() as u64);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, "a/data.yaml", bomb.as_bytes())
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &builder.into_inner().unwrap()).unwrap();
+    let bundle = gz.finish().unwrap();
+    let started = std::time::Instant::now();
+    let err = validate(std::io::Cursor::new(bundle), ValidationLimits::new(1 << 30))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("a/data.yaml: invalid data.yaml: YAML alias budget exceeded"),
+        "{err}"
+    );
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+}
+
 /// A tar stream of `files` regular files of `size` bytes each, made while
 /// it is read: the bundle never exists in memory or on disk.
 struct TarStream {
@@ -130,7 +161,10 @@ fn rss_probe_2_gib() {
     // File sizes are multiples of 512: no padding between entries.
     let gz = flate2::read::GzEncoder::new(tar, flate2::Compression::none());
     let before = vm_hwm_kib();
-    let summary = validate(gz, ValidationLimits::new(1 << 30)).unwrap();
+    let summary = polhost::bundle::validate_stream(gz, ValidationLimits::new(1 << 30), None)
+        .unwrap()
+        .finish(|| -> std::io::Result<std::fs::File> { panic!("no second look needed") })
+        .unwrap();
     let after = vm_hwm_kib();
     assert_eq!(summary.uncompressed_bytes, 8 * SIZE);
     println!("RSS-PROBE {before} {after}");

@@ -367,3 +367,55 @@ fn sigterm_stops_within_one_second() {
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
 }
+
+#[test]
+fn an_etag_with_bytes_above_0x7f_comes_back_unchanged_and_the_server_answers_304() {
+    // `"caf<0xE9>"`: obs-text, not UTF-8. nginx sends it as given and
+    // answers 304 only to those exact bytes in If-None-Match.
+    const ETAG: &[u8] = b"\"caf\xe9\"";
+    let work = Workdir::new();
+    let root = work.path().join("www");
+    publish(&root.join("obs-text/authz.tar.gz"), &bundle("v1"), 0);
+    // In nginx's syntax: `"\"caf<0xE9>\""`.
+    let quoted: &[u8] = b"\"\\\"caf\xe9\\\"\"";
+    let mut directives =
+        b"location = /obs-text/authz.tar.gz {\n    etag off;\n    add_header ETag ".to_vec();
+    directives.extend_from_slice(quoted);
+    directives.extend_from_slice(b" always;\n    if ($http_if_none_match = ");
+    directives.extend_from_slice(quoted);
+    directives.extend_from_slice(b") { return 304; }\n}\n");
+    let server = Nginx::start(NginxOptions {
+        root: root.clone(),
+        server_directives: directives,
+        ..NginxOptions::default()
+    });
+    let cfg = work.config(&config(&server.url(), "obs-text/authz.tar.gz", ""));
+
+    let first = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert!(first.status.success(), "{}", first.stderr);
+    assert!(first.stderr.contains("source=Download"), "{}", first.stderr);
+    // Kept as text one character per byte (Latin-1), so nothing is lost.
+    let kept = work.metadata("authz")["etag"].as_str().unwrap().to_string();
+    assert_eq!(kept, "\"caf\u{e9}\"");
+    assert_eq!(
+        kept.chars().map(|c| c as u32 as u8).collect::<Vec<_>>(),
+        ETAG
+    );
+
+    // The restart sends it back byte for byte: a 304, not a download.
+    let second = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert!(second.status.success(), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("bundle not modified"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        !second.stderr.contains("source=Download"),
+        "{}",
+        second.stderr
+    );
+    let log = server.access_log();
+    let answers: Vec<_> = log.iter().map(|e| (e.status, e.body_bytes > 0)).collect();
+    assert_eq!(answers, [(200, true), (304, false)], "{log:?}");
+}

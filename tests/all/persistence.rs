@@ -214,3 +214,238 @@ fn sigkill_while_persisting_leaves_the_old_or_the_new_bundle() {
     eprintln!("sigkill test: old kept {saw_old} times, new kept {saw_new} times");
     assert!(saw_old + saw_new >= 10, "too few iterations ran");
 }
+
+/// A run of `cfg` that must be refused at start (exit 1), with `needles`
+/// in its message.
+fn refused_at_start(cfg: &std::path::Path, needles: &[&str]) -> String {
+    let run = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    for needle in needles {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} not in:\n{}",
+            run.stderr
+        );
+    }
+    run.stderr
+}
+
+#[test]
+fn a_symlink_planted_in_the_persistence_directory_is_refused_not_followed() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let work = Workdir::new();
+    let root = work.path().join("www");
+    publish(&root.join("bundles/authz.tar.gz"), &bundle("v1"), 0);
+    let server = Nginx::start(NginxOptions {
+        root: root.clone(),
+        ..NginxOptions::default()
+    });
+    let cfg = online(&work, &server);
+    let state = work.state();
+    let bundles = state.join("bundles");
+    // What another user's link points at: a directory polhost must neither
+    // write into nor clean (it holds a temp-looking file), and a file it
+    // must not overwrite.
+    let victim = work.path().join("victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join(".download-theirs.tmp"), b"theirs").unwrap();
+    fs::write(victim.join("precious"), b"precious").unwrap();
+    let untouched = |why: &str| {
+        let mut names: Vec<_> = fs::read_dir(&victim)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".download-theirs.tmp", "precious"], "{why}");
+        assert_eq!(
+            fs::read(victim.join("precious")).unwrap(),
+            b"precious",
+            "{why}"
+        );
+    };
+
+    // The bundle's directory as a link.
+    fs::create_dir_all(&bundles).unwrap();
+    symlink(&victim, bundles.join("authz")).unwrap();
+    refused_at_start(
+        &cfg,
+        &[
+            "persistence_directory",
+            &format!(
+                "{}: not a directory (a symbolic link): refused",
+                bundles.join("authz").display()
+            ),
+        ],
+    );
+    untouched("bundles/authz -> victim");
+
+    // `bundles/` itself as a link.
+    fs::remove_file(bundles.join("authz")).unwrap();
+    fs::remove_dir(&bundles).unwrap();
+    fs::create_dir(victim.join("authz")).unwrap();
+    symlink(&victim, &bundles).unwrap();
+    refused_at_start(
+        &cfg,
+        &[&format!(
+            "{}: not a directory (a symbolic link): refused",
+            bundles.display()
+        )],
+    );
+    fs::remove_dir(victim.join("authz")).unwrap();
+    untouched("bundles -> victim");
+
+    // The bundle file as a link to a file elsewhere.
+    fs::remove_file(&bundles).unwrap();
+    fs::create_dir_all(bundles.join("authz")).unwrap();
+    symlink(victim.join("precious"), work.persisted("authz")).unwrap();
+    refused_at_start(
+        &cfg,
+        &[&format!(
+            "{}: not a regular file (a symbolic link): refused",
+            work.persisted("authz").display()
+        )],
+    );
+    untouched("bundle.tar.gz -> victim/precious");
+    fs::remove_file(work.persisted("authz")).unwrap();
+
+    // A directory others may write (they could plant a link any time).
+    fs::set_permissions(&bundles, fs::Permissions::from_mode(0o777)).unwrap();
+    refused_at_start(
+        &cfg,
+        &[&format!(
+            "{}: writable by group or others (mode 777): refused",
+            bundles.display()
+        )],
+    );
+    fs::set_permissions(&bundles, fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A persistence directory of another user (as root: polhost's tests
+    // run as root, so chown works).
+    // SAFETY: plain syscall without arguments.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&state, Some(65534), None).unwrap();
+        refused_at_start(
+            &cfg,
+            &[&format!(
+                "{}: owned by uid 65534, not by polhost's user (uid 0): refused",
+                state.display()
+            )],
+        );
+        std::os::unix::fs::chown(&state, Some(0), None).unwrap();
+    }
+
+    // All put right: the bundle is downloaded into the real directory.
+    let run = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(work.persisted("authz").is_file());
+    untouched("after a good run");
+}
+
+#[test]
+fn a_bundle_directory_swapped_for_a_symlink_while_running_fails_the_download_and_keeps_the_bundle()
+{
+    let work = Workdir::new();
+    let root = work.path().join("www");
+    let served = root.join("bundles/authz.tar.gz");
+    publish(&served, &bundle("v1"), 0);
+    let server = Nginx::start(NginxOptions {
+        root: root.clone(),
+        ..NginxOptions::default()
+    });
+    let cfg = online(&work, &server);
+    let polhost = Polhost::spawn(&["run", cfg.to_str().unwrap()], &[]);
+    polhost.wait_for_activation("v1", "Download");
+    let v1 = fs::read(work.persisted("authz")).unwrap();
+
+    // Another user swaps the directory for a link to one of theirs (here:
+    // the real directory, moved away, so its content shows what changed).
+    let dir = work.persisted("authz").parent().unwrap().to_path_buf();
+    let victim = work.path().join("victim");
+    fs::rename(&dir, &victim).unwrap();
+    std::os::unix::fs::symlink(&victim, &dir).unwrap();
+    publish(&served, &bundle("v2-longer"), 10);
+
+    polhost.wait_for(&[
+        "bundle download failed",
+        &format!(
+            "{}: not a directory (a symbolic link): refused",
+            dir.display()
+        ),
+    ]);
+    assert!(
+        !polhost.output().contains("revision=v2-longer"),
+        "{}",
+        polhost.output()
+    );
+    assert_eq!(fs::read(victim.join("bundle.tar.gz")).unwrap(), v1);
+    let names: Vec<_> = fs::read_dir(&victim)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".download-"))
+        .collect();
+    assert!(
+        names.is_empty(),
+        "temp files written through the link: {names:?}"
+    );
+}
+
+/// `authz` with `persist: true`, long polling `polhost serve` at `url`:
+/// between two bundles, a request is held with its temp file open.
+fn long_polling_config(work: &Workdir, url: &str) -> std::path::PathBuf {
+    work.config(&format!(
+        "services:\n  web:\n    url: {url}\nbundles:\n  authz:\n    resource: bundles/authz.tar.gz\n    persist: true\n    polling:\n      min_delay_seconds: 60\n      max_delay_seconds: 120\n      long_polling_timeout_seconds: 30\n"
+    ))
+}
+
+#[test]
+fn a_second_instance_on_the_same_persistence_directory_is_refused_and_leaves_the_first_alone() {
+    let work = Workdir::new();
+    let root = work.path().join("www");
+    let served = root.join("bundles/authz.tar.gz");
+    publish(&served, &bundle("v1"), 0);
+    let (_server, url) = crate::long_polling::serve(&root);
+    let cfg = long_polling_config(&work, &url);
+    let first = Polhost::spawn(&["run", cfg.to_str().unwrap()], &[]);
+    first.wait_for_activation("v1", "Download");
+    // The next request is held by the server, its temp file open.
+    let dir = work.persisted("authz").parent().unwrap().to_path_buf();
+    let temp_files = || -> Vec<String> {
+        fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(".download-"))
+            .collect()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while temp_files().is_empty() {
+        assert!(Instant::now() < deadline, "no download in flight");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let in_flight = temp_files();
+
+    let second = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
+    assert_eq!(second.status.code(), Some(1), "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!(
+            "persistence_directory {}: in use by another polhost (pid {};",
+            work.state().display(),
+            first.pid()
+        )),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(temp_files(), in_flight, "the second instance touched them");
+    // Checking a configuration takes no lock and touches nothing.
+    let check = polhost(&["config", "check", cfg.to_str().unwrap()], &[]);
+    assert!(check.status.success(), "{}", check.stderr);
+
+    // The first one's held download completes into its temp file.
+    publish(&served, &bundle("v2-longer"), 10);
+    first.wait_for_activation("v2-longer", "Download");
+    assert!(
+        !first.output().contains("bundle download failed"),
+        "{}",
+        first.output()
+    );
+    assert_eq!(work.metadata("authz")["revision"], "v2-longer");
+}

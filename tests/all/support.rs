@@ -322,3 +322,10 @@ impl Drop for Polhost {
         terminate(&mut self.child, libc::SIGKILL, Duration::from_secs(1));
     }
 }
+
+impl Polhost {
+    /// The process id of this `polhost`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}

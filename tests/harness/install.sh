@@ -209,6 +209,21 @@ ensure_componentize_py() {
   fi
 }
 
+# OPA itself (Go module proxy), the oracle and the client of polhost's
+# local API: ~/.cache/polhost/opa-<version>/opa, keyed by version (a cold
+# `go install` takes minutes).
+OPA_VERSION=v1.22.3
+OPA_DIR=$HOME/.cache/polhost/opa-$OPA_VERSION
+ensure_opa() {
+  if [ -x "$OPA_DIR/opa" ]; then
+    echo "opa: found $OPA_VERSION"
+  else
+    mkdir -p "$OPA_DIR"
+    GOBIN="$OPA_DIR" GOFLAGS=-mod=mod go install "github.com/open-policy-agent/opa@$OPA_VERSION"
+    echo "opa: installed $("$OPA_DIR/opa" version | head -1)"
+  fi
+}
+
 ensure_curl
 ensure_nginx
 ensure_docker_registry
@@ -222,3 +237,4 @@ ensure_gcs
 ensure_pyjwt
 ensure_etcd
 ensure_componentize_py
+ensure_opa

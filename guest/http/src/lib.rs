@@ -34,9 +34,7 @@ impl Fetcher for HttpFetcher {
                 .origin_headers
                 .push(("Authorization".into(), authorization));
         }
-        if let Some(etag) = &bundle.etag {
-            request.headers.push(("If-None-Match".into(), etag.clone()));
-        }
+        request.if_none_match = bundle.etag.clone();
         let header_timeout_s = config.u64("response_header_timeout_seconds")?.unwrap_or(10);
         request.first_byte_timeout_ms = Some(header_timeout_s * 1000);
         if let Some(wait) = bundle.long_polling_timeout_seconds {

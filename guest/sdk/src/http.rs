@@ -13,7 +13,7 @@ use crate::bindings::wasi::http::types::{
 };
 use crate::bindings::wasi::io::streams::{InputStream, StreamError};
 use crate::url::Url;
-use crate::{ErrorKind, FetchError, FetchOutcome, OutputStream, ResponseInfo};
+use crate::{ErrorKind, FetchError, FetchOutcome, OutputStream, ResponseInfo, etag};
 
 /// How many redirects one request may follow.
 const MAX_REDIRECTS: usize = 10;
@@ -31,6 +31,9 @@ pub struct Request {
     /// Sent only while the request stays on `url`'s origin: credentials and
     /// the service's own headers.
     pub origin_headers: Vec<(String, String)>,
+    /// Sent as `If-None-Match` on every hop, as the exact bytes the server
+    /// gave (see [`etag`]): set it to `bundle.etag`, not as a header.
+    pub if_none_match: Option<String>,
     /// How long to wait for the response headers, if the fetcher wants to
     /// bound it (the host bounds it anyway).
     pub first_byte_timeout_ms: Option<u64>,
@@ -51,6 +54,7 @@ impl Request {
             url,
             headers: Vec::new(),
             origin_headers: Vec::new(),
+            if_none_match: None,
             first_byte_timeout_ms: None,
             body: Vec::new(),
         }
@@ -80,6 +84,15 @@ impl Response {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The `ETag`, every byte kept (see [`etag`]): what goes back into
+    /// [`Request::if_none_match`] unchanged.
+    pub fn etag(&self) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("etag"))
+            .map(|(_, v)| etag::from_header(v))
     }
 
     /// Streams the body into the host's output-stream without holding it in
@@ -128,7 +141,7 @@ impl Response {
         long_polling: bool,
     ) -> Result<Result<FetchOutcome, Response>, FetchError> {
         let info = ResponseInfo {
-            etag: self.header("etag"),
+            etag: self.etag(),
             digest: None,
             media_type: self.header("content-type"),
             long_polling,
@@ -234,6 +247,9 @@ fn send_once(request: &Request, url: &Url, same_origin: bool) -> Result<Response
                 .iter()
                 .map(|(n, v)| (n.clone(), v.as_bytes().to_vec())),
         );
+    }
+    if let Some(tag) = &request.if_none_match {
+        headers.push(("If-None-Match".to_string(), etag::to_header(tag)));
     }
     if !request.body.is_empty() {
         // A declared length: some servers do not read chunked request bodies.

@@ -36,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod etag;
 pub mod http;
 pub mod log;
 pub mod percent;

@@ -2,20 +2,23 @@
 //! downloaded or persisted `bundle.tar.gz` must pass before it may become
 //! active (archive safety, OPA's rules, signatures, limits).
 //!
-//! Streams: it reads the archive once, front to back, in constant memory,
-//! and never writes anything. It has no runtime (no wasmtime, no tokio), so
+//! Streams: it reads the archive once, front to back, in bounded memory,
+//! and never writes anything; only when data files overlap does it read
+//! the bundle's file a second time ([`FirstLook::finish`]). It has no runtime (no wasmtime, no tokio), so
 //! it stands alone: the fuzz targets and any embedder use it as it is.
 //!
 //! ```
 //! use polhost_bundle::{ValidationLimits, validate};
 //!
 //! // Not gzip: refused, with the reason.
-//! let err = validate(&b"plain text"[..], ValidationLimits::new(1 << 20)).unwrap_err();
+//! let text = std::io::Cursor::new(b"plain text");
+//! let err = validate(text, ValidationLimits::new(1 << 20)).unwrap_err();
 //! assert!(err.to_string().contains("gzip"), "{err}");
 //! ```
 
 #![deny(missing_docs)]
 
+mod data;
 mod digest;
 mod keys;
 mod manifest;
@@ -25,6 +28,7 @@ mod signing;
 #[cfg(test)]
 pub(crate) mod testing;
 mod validate;
+mod yaml;
 
 pub use digest::HashingReader;
 pub use keys::{ALGORITHMS, Key, Signing};
@@ -34,6 +38,6 @@ pub use secret::Secret;
 pub use signing::{Verification, canonical_json, canonical_yaml};
 pub use validate::{
     BundleError, BundleSummary, DEFAULT_MAX_DATA_KEYS, DEFAULT_MAX_EXPANSION_RATIO,
-    DEFAULT_MAX_UNCOMPRESSED_BYTES, EXPANSION_GRACE_BYTES, ValidationLimits, validate,
-    validate_with,
+    DEFAULT_MAX_UNCOMPRESSED_BYTES, EXPANSION_GRACE_BYTES, FirstLook, ValidationLimits, validate,
+    validate_stream, validate_with,
 };

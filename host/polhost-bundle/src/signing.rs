@@ -380,9 +380,10 @@ pub fn canonical_json(text: &[u8]) -> Option<Vec<u8>> {
     Some(out.into_bytes())
 }
 
-/// The canonical form of a YAML data file (numbers as JSON writes them).
+/// The canonical form of a YAML data file (numbers as JSON writes them),
+/// parsed within the YAML budgets (an alias bomb gives `None`).
 pub fn canonical_yaml(text: &[u8]) -> Option<Vec<u8>> {
-    let value: serde_json::Value = serde_yaml::from_slice(text).ok()?;
+    let value = crate::yaml::to_json(text)?;
     let mut out = String::new();
     Value::from_json(&value).write(&mut out);
     Some(out.into_bytes())

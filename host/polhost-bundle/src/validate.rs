@@ -3,8 +3,11 @@
 //!
 //! One pass, front to back, while the bytes arrive. Memory does not grow
 //! with the bundle's bytes: it holds one tar block and a few buffers, plus,
-//! per file, its path (duplicates), per `.rego` its package path, and the
-//! key structure of the data files (bounded by `max_data_keys`).
+//! per file, its path (duplicates), per `.rego` its package path, per data
+//! file its path and size, and a fixed budget of data keys near the top of
+//! `data` (see `data`). Only when a data rule needs more (data files whose
+//! directories overlap), a second look re-reads the bundle's file
+//! ([`FirstLook::finish`]).
 //!
 //! Refuses what OPA's loader refuses (not gzip or tar, truncated, bad
 //! `.manifest`/data files, files over `size_limit_bytes`, roots violations,
@@ -15,13 +18,14 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::rc::Rc;
 
 use flate2::read::MultiGzDecoder;
 
 use super::Manifest;
-use super::rules::{self, DataTree};
+use super::data::{DataFiles, SecondLook};
+use super::rules;
 use super::signing::{self, FileDigests, Hashers, SignedFile, Verification};
 
 /// Default `polhost.bundle.max_expansion_ratio`.
@@ -45,8 +49,9 @@ pub struct ValidationLimits {
     pub max_expansion_ratio: u64,
     /// Uncompressed bytes of the whole archive.
     pub max_uncompressed_bytes: u64,
-    /// Object keys in all data files together (their key structure is kept
-    /// to find merge conflicts and data outside the roots).
+    /// Object keys of data files held in memory to check the merge of data
+    /// files whose directories overlap (nothing else is held: a data file
+    /// streams, however many keys it has).
     pub max_data_keys: u64,
 }
 
@@ -218,7 +223,7 @@ impl<R: Read> Read for BombGuard<R> {
 enum Kind {
     Manifest,
     Signatures,
-    Data { dir: String, yaml: bool },
+    Data,
     Rego,
     Delta,
     Other,
@@ -232,14 +237,7 @@ fn kind_of(path: &str) -> Kind {
     match base {
         ".manifest" if dir.is_empty() => Kind::Manifest,
         ".signatures.json" if dir.is_empty() => Kind::Signatures,
-        "data.json" => Kind::Data {
-            dir: dir.to_string(),
-            yaml: false,
-        },
-        "data.yaml" | "data.yml" => Kind::Data {
-            dir: dir.to_string(),
-            yaml: true,
-        },
+        "data.json" | "data.yaml" | "data.yml" => Kind::Data,
         "patch.json" => Kind::Delta,
         _ if base.ends_with(".rego") => Kind::Rego,
         _ => Kind::Other,
@@ -247,19 +245,92 @@ fn kind_of(path: &str) -> Kind {
 }
 
 /// Reads a gzipped tar bundle to its end and checks it, without signature
-/// verification (a signed bundle is refused).
-pub fn validate(reader: impl Read, limits: ValidationLimits) -> Result<BundleSummary, BundleError> {
+/// verification (a signed bundle is refused). Seeks back to the start for
+/// a second look only if a data rule needs one.
+pub fn validate(
+    reader: impl Read + Seek,
+    limits: ValidationLimits,
+) -> Result<BundleSummary, BundleError> {
     validate_with(reader, limits, None)
 }
 
 /// Reads a gzipped tar bundle to its end and checks it, verifying its
 /// signature with `verification` when given (OPA's rules: a signed bundle
-/// needs keys; with `signing.keyid` an unsigned bundle is refused).
+/// needs keys; with `signing.keyid` an unsigned bundle is refused). Seeks
+/// back to the start for a second look only if a data rule needs one.
 pub fn validate_with(
-    reader: impl Read,
+    mut reader: impl Read + Seek,
     limits: ValidationLimits,
     verification: Option<&Verification>,
 ) -> Result<BundleSummary, BundleError> {
+    let first = validate_stream(&mut reader, limits, verification)?;
+    first.finish_seek(&mut reader)
+}
+
+/// A bundle read once, front to back, with every check done that needs
+/// nothing more; [`FirstLook::finish`] does the rest.
+pub struct FirstLook<'v> {
+    state: State<'v>,
+}
+
+impl std::fmt::Debug for FirstLook<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstLook")
+            .field("summary", &self.state.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the second look reads the bundle again, from its start.
+trait Source {
+    fn reader(&mut self) -> io::Result<Box<dyn Read + '_>>;
+}
+
+struct Reopen<F>(F);
+
+impl<F: FnMut() -> io::Result<R>, R: Read + 'static> Source for Reopen<F> {
+    fn reader(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new((self.0)()?))
+    }
+}
+
+struct Rewind<'a, R>(&'a mut R);
+
+impl<R: Read + Seek> Source for Rewind<'_, R> {
+    fn reader(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        self.0.seek(SeekFrom::Start(0))?;
+        Ok(Box::new(&mut *self.0))
+    }
+}
+
+impl FirstLook<'_> {
+    /// The rules that need the whole bundle, with a second look at its
+    /// bytes when a data rule needs one: `reopen` gives them again from the
+    /// start (the temp file the download wrote, the persisted file). It is
+    /// not called for most bundles, and at most twice.
+    pub fn finish<R: Read + 'static>(
+        self,
+        reopen: impl FnMut() -> io::Result<R>,
+    ) -> Result<BundleSummary, BundleError> {
+        self.state.finish(&mut Reopen(reopen))
+    }
+
+    /// [`FirstLook::finish`], rewinding `reader` for a second look.
+    pub fn finish_seek(
+        self,
+        reader: &mut (impl Read + Seek),
+    ) -> Result<BundleSummary, BundleError> {
+        self.state.finish(&mut Rewind(reader))
+    }
+}
+
+/// The first look: reads a gzipped tar bundle to its end and checks all
+/// that can be checked as it streams (see [`validate_with`]).
+pub fn validate_stream(
+    reader: impl Read,
+    limits: ValidationLimits,
+    verification: Option<&Verification>,
+) -> Result<FirstLook<'_>, BundleError> {
     let compressed = Rc::new(Cell::new(0));
     let tripped = Rc::new(Cell::new(None));
     let reason = Rc::new(std::cell::RefCell::new(String::new()));
@@ -293,7 +364,7 @@ pub fn validate_with(
         summary: BundleSummary::default(),
         seen: HashSet::new(),
         packages: Vec::new(),
-        data: DataTree::default(),
+        data: DataFiles::default(),
         wasm_files: HashSet::new(),
         verification,
         digests: BTreeMap::new(),
@@ -336,7 +407,7 @@ pub fn validate_with(
         }
         offset += n as u64;
     }
-    state.finish()
+    Ok(FirstLook { state })
 }
 
 /// What the entries taught so far.
@@ -350,7 +421,7 @@ struct State<'v> {
     summary: BundleSummary,
     seen: HashSet<String>,
     packages: Vec<(String, String)>,
-    data: DataTree,
+    data: DataFiles,
     wasm_files: HashSet<String>,
 }
 
@@ -447,29 +518,7 @@ fn read_entries<R: Read>(
             Kind::Manifest => {
                 state.summary.manifest = Some(parse_json(&path, "manifest", &mut reader)?);
             }
-            Kind::Data { dir, yaml: false } => {
-                let seed = state.data.seed(state.limits.max_data_keys);
-                let mut de = serde_json::Deserializer::from_reader(&mut reader);
-                let shape = serde::de::DeserializeSeed::deserialize(seed, &mut de)
-                    .and_then(|shape| de.end().map(|()| shape))
-                    .map_err(|e| json_error(&path, "data.json", e))?;
-                state.data.insert(&path, dir, shape)?;
-            }
-            Kind::Data { dir, yaml: true } => {
-                // YAML does not stream: one data.yaml at a time is held, as
-                // bounded by size_limit_bytes.
-                let mut text = Vec::new();
-                reader
-                    .read_to_end(&mut text)
-                    .map_err(BundleError::Corrupt)?;
-                let value: serde_json::Value =
-                    serde_yaml::from_slice(&text).map_err(|e| BundleError::Malformed {
-                        path: path.clone(),
-                        what: "data.yaml",
-                        message: e.to_string(),
-                    })?;
-                state.data.insert(&path, dir, rules::shape_of(&value))?;
-            }
+            Kind::Data => state.data.scan(&path, size, &mut reader)?,
             Kind::Rego => {
                 let package = rules::read_package(&mut reader, PACKAGE_SEARCH_BYTES).map_err(
                     |e| match e {
@@ -543,8 +592,9 @@ impl<R: Read> Read for Tee<R> {
 }
 
 impl State<'_> {
-    /// The rules that need the whole bundle (the manifest may come last).
-    fn finish(self) -> Result<BundleSummary, BundleError> {
+    /// The rules that need the whole bundle (the manifest may come last),
+    /// with a second look through `source` if a data rule needs one.
+    fn finish(mut self, source: &mut dyn Source) -> Result<BundleSummary, BundleError> {
         let manifest = self.summary.manifest.clone().unwrap_or_default();
         let roots = manifest.roots();
         if let Some((a, b)) = rules::overlapping_pair(&roots) {
@@ -591,8 +641,22 @@ impl State<'_> {
                 });
             }
         }
-        self.data.check_roots(&roots)?;
         self.check_signature()?;
+        if let Some(plan) = self.data.plan(&roots)? {
+            let mut look = SecondLook::new(&self.data, &plan, &roots, self.limits.max_data_keys);
+            for pass in [1, 2] {
+                if pass == 2 && !look.needs_second_pass() {
+                    break;
+                }
+                let reader = source.reader().map_err(BundleError::Io)?;
+                reread(reader, |path, entry| {
+                    if look.wants(pass, path) {
+                        look.look(pass, path, entry)?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
         Ok(self.summary)
     }
 
@@ -635,6 +699,34 @@ impl State<'_> {
         }
         Ok(())
     }
+}
+
+/// Reads the bundle again, handing each regular file to `each`. The bytes
+/// passed the first look, so only what could differ between two reads of
+/// a file (someone changed it) is an error here.
+fn reread(
+    reader: Box<dyn Read + '_>,
+    mut each: impl FnMut(&str, &mut dyn BufRead) -> Result<(), BundleError>,
+) -> Result<(), BundleError> {
+    let changed = |e: io::Error| {
+        BundleError::Corrupt(io::Error::other(format!(
+            "the bundle's file changed after it was read: {e}"
+        )))
+    };
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(BufReader::with_capacity(
+        64 * 1024,
+        reader,
+    )));
+    for entry in archive.entries().map_err(changed)? {
+        let mut entry = entry.map_err(changed)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let (_, path) = entry_path(&entry)?;
+        let mut reader = BufReader::with_capacity(64 * 1024, &mut entry);
+        each(&path, &mut reader)?;
+    }
+    Ok(())
 }
 
 /// `path` relative to the bundle root: `./` and `/` prefixes, empty and `.`
@@ -690,7 +782,7 @@ fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<(String, String), Bu
     Ok((written, normalised))
 }
 
-fn json_error(path: &str, what: &'static str, e: serde_json::Error) -> BundleError {
+pub(crate) fn json_error(path: &str, what: &'static str, e: serde_json::Error) -> BundleError {
     if e.is_io() {
         // The archive broke under the parser: not the file's fault.
         BundleError::Corrupt(e.into())
@@ -733,7 +825,7 @@ mod tests {
             ("authz/policy.rego", b"package authz\nallow := true\n"),
             ("authz/data.json", br#"{"users":["alice"]}"#),
         ]);
-        let summary = validate(bundle.as_slice(), LIMITS).unwrap();
+        let summary = validate(std::io::Cursor::new(bundle.as_slice()), LIMITS).unwrap();
         assert_eq!(summary.revision(), "r1");
         assert_eq!(summary.files, 3);
     }
@@ -749,7 +841,9 @@ mod tests {
             true,
         );
         assert_eq!(
-            validate(bundle.as_slice(), LIMITS).unwrap().revision(),
+            validate(std::io::Cursor::new(bundle.as_slice()), LIMITS)
+                .unwrap()
+                .revision(),
             "from-opa-build"
         );
         let bundle = tar_gz_raw(
@@ -757,7 +851,9 @@ mod tests {
             true,
         );
         assert_eq!(
-            validate(bundle.as_slice(), LIMITS).unwrap().revision(),
+            validate(std::io::Cursor::new(bundle.as_slice()), LIMITS)
+                .unwrap()
+                .revision(),
             "from-tar-dot"
         );
     }
@@ -765,7 +861,9 @@ mod tests {
     #[test]
     fn double_slash_absolute_path_is_refused() {
         let bundle = crate::testing::tar_gz_raw_path("//etc/x.rego", b"package x");
-        let err = validate(bundle.as_slice(), LIMITS).unwrap_err().to_string();
+        let err = validate(std::io::Cursor::new(bundle.as_slice()), LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("absolute paths"), "{err}");
     }
 
@@ -776,7 +874,9 @@ mod tests {
         use crate::testing::tar_gz_raw;
         let mut bundle = tar_gz_raw(&[("a/data.json", br#"{"x":1}"#.as_slice())], false);
         bundle.extend(tar_gz_raw(&[("../../evil.rego", b"package evil")], true));
-        let err = validate(bundle.as_slice(), LIMITS).unwrap_err().to_string();
+        let err = validate(std::io::Cursor::new(bundle.as_slice()), LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("../../evil.rego"), "{err}");
     }
 
@@ -784,26 +884,32 @@ mod tests {
     fn trailing_garbage_after_the_gzip_stream_is_refused() {
         let mut bundle = tar_gz(&[("a/data.json", br#"{"x":1}"#.as_slice())]);
         bundle.extend_from_slice(b"garbage after the end");
-        assert!(validate(bundle.as_slice(), LIMITS).is_err());
+        assert!(validate(std::io::Cursor::new(bundle.as_slice()), LIMITS).is_err());
     }
 
     #[test]
     fn plain_text_is_not_gzip() {
-        let err = validate(b"<html>not a bundle</html>".as_slice(), LIMITS).unwrap_err();
+        let err = validate(
+            std::io::Cursor::new(b"<html>not a bundle</html>".as_slice()),
+            LIMITS,
+        )
+        .unwrap_err();
         assert!(matches!(err, BundleError::NotGzip(_)), "{err}");
     }
 
     #[test]
     fn truncated_stream_is_corrupt() {
         let bundle = tar_gz(&[("a/data.json", br#"{"x":1}"#.as_slice())]);
-        let err = validate(&bundle[..bundle.len() - 10], LIMITS).unwrap_err();
+        let err = validate(std::io::Cursor::new(&bundle[..bundle.len() - 10]), LIMITS).unwrap_err();
         assert!(matches!(err, BundleError::Corrupt(_)), "{err}");
     }
 
     #[test]
     fn malformed_manifest_names_the_file() {
         let bundle = tar_gz(&[(".manifest", b"{not json".as_slice())]);
-        let err = validate(bundle.as_slice(), LIMITS).unwrap_err().to_string();
+        let err = validate(std::io::Cursor::new(bundle.as_slice()), LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with(".manifest: invalid manifest"), "{err}");
     }
 
@@ -813,21 +919,25 @@ mod tests {
             ".manifest",
             br#"{"revision":"a-long-revision-string"}"#.as_slice(),
         )]);
-        let err = validate(&bundle[..bundle.len() / 2], LIMITS).unwrap_err();
+        let err = validate(std::io::Cursor::new(&bundle[..bundle.len() / 2]), LIMITS).unwrap_err();
         assert!(matches!(err, BundleError::Corrupt(_)), "{err}");
     }
 
     #[test]
     fn malformed_data_json_names_the_file() {
         let bundle = tar_gz(&[("x/data.json", b"[1,".as_slice())]);
-        let err = validate(bundle.as_slice(), LIMITS).unwrap_err().to_string();
+        let err = validate(std::io::Cursor::new(bundle.as_slice()), LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("x/data.json: invalid data.json"), "{err}");
     }
 
     #[test]
     fn parent_segments_are_refused() {
         let bundle = crate::testing::tar_gz_raw_path("a/../../etc/x.rego", b"package x");
-        let err = validate(bundle.as_slice(), LIMITS).unwrap_err().to_string();
+        let err = validate(std::io::Cursor::new(bundle.as_slice()), LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("a/../../etc/x.rego") && err.contains("`..`"),
             "{err}"
@@ -838,7 +948,7 @@ mod tests {
     fn file_over_limit_is_refused() {
         let big = vec![b'a'; 2 << 20];
         let bundle = tar_gz(&[("big.rego", big.as_slice())]);
-        let err = validate(bundle.as_slice(), LIMITS).unwrap_err();
+        let err = validate(std::io::Cursor::new(bundle.as_slice()), LIMITS).unwrap_err();
         assert!(matches!(err, BundleError::FileTooLarge { .. }), "{err}");
     }
 
@@ -852,7 +962,9 @@ mod tests {
             .append_link(&mut header, "link.rego", "/etc/passwd")
             .unwrap();
         let bundle = crate::testing::gzip(&builder.into_inner().unwrap());
-        let err = validate(bundle.as_slice(), LIMITS).unwrap_err().to_string();
+        let err = validate(std::io::Cursor::new(bundle.as_slice()), LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("link.rego") && err.contains("Symlink"),
             "{err}"
@@ -861,14 +973,14 @@ mod tests {
 
     fn refused(files: &[(&str, &[u8])]) -> String {
         let bundle = tar_gz(files);
-        match validate(bundle.as_slice(), LIMITS) {
+        match validate(std::io::Cursor::new(bundle.as_slice()), LIMITS) {
             Ok(summary) => panic!("accepted: {summary:?}"),
             Err(e) => e.to_string(),
         }
     }
 
     fn accepted(files: &[(&str, &[u8])]) -> BundleSummary {
-        validate(tar_gz(files).as_slice(), LIMITS).unwrap()
+        validate(std::io::Cursor::new(tar_gz(files).as_slice()), LIMITS).unwrap()
     }
 
     #[test]
@@ -987,14 +1099,201 @@ mod tests {
     }
 
     #[test]
-    fn data_key_structure_is_bounded() {
+    fn held_data_keys_of_overlapping_files_are_bounded() {
         let limits = ValidationLimits {
             max_data_keys: 3,
             ..LIMITS
         };
-        let bundle = tar_gz(&[("data.json", br#"{"a":1,"b":2,"c":{"d":4}}"#.as_slice())]);
-        let err = validate(bundle.as_slice(), limits).unwrap_err().to_string();
-        assert!(err.contains("more than 3 object keys"), "{err}");
+        // Deep enough that the first look keeps no key: the smaller file
+        // is held for the second look, and it has 5 keys.
+        let json = br#"{"x":{"p":1,"q":2,"r":3,"s":4}}"#.as_slice();
+        let yaml = b"x:\n  t: 1\n  u: 2\n  v: 3\n  w: 4\n  z: 5\n".as_slice();
+        let bundle = tar_gz(&[("a/b/c/d/data.json", json), ("a/b/c/d/data.yaml", yaml)]);
+        let err = validate(std::io::Cursor::new(&bundle), limits)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("a/b/c/d/data.json: checking its merge")
+                && err.contains("more than 3 object keys held"),
+            "{err}"
+        );
+        // The same keys in files that do not overlap hold nothing.
+        let bundle = tar_gz(&[("a/b/c/d/data.json", json), ("a/b/c/e/data.yaml", yaml)]);
+        validate(std::io::Cursor::new(&bundle), limits).unwrap();
+    }
+
+    #[test]
+    fn a_data_json_with_more_than_a_million_keys_is_accepted_by_default() {
+        let mut json = String::from("{\"users\":{");
+        for i in 0..1_200_000 {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&format!("\"u{i}\":{{\"n\":{i}}}"));
+        }
+        json.push_str("}}");
+        let bundle = tar_gz(&[
+            ("data.json", json.as_bytes()),
+            (".manifest", br#"{"roots":["users"]}"#),
+        ]);
+        let summary = validate(
+            std::io::Cursor::new(&bundle),
+            ValidationLimits::new(1 << 30),
+        )
+        .unwrap();
+        assert_eq!(summary.files, 2);
+    }
+
+    #[test]
+    fn a_bundle_without_overlapping_data_files_is_not_read_twice() {
+        let bundle = tar_gz(&[
+            ("data.json", br#"{"a":{"x":1}}"#.as_slice()),
+            ("b/data.json", br#"{"y":2}"#),
+            ("c/d/data.yaml", b"z: 3\n"),
+            (".manifest", br#"{"roots":["a","b","c"]}"#),
+        ]);
+        let first = validate_stream(bundle.as_slice(), LIMITS, None).unwrap();
+        first
+            .finish(|| -> io::Result<&'static [u8]> { panic!("read twice") })
+            .unwrap();
+    }
+
+    #[test]
+    fn yaml_alias_bomb_in_data_yaml_is_refused_naming_the_file() {
+        let bomb = crate::yaml::ALIAS_BOMB.as_bytes();
+        let started = std::time::Instant::now();
+        let err = refused(&[("a/data.yaml", bomb)]);
+        assert!(
+            err.starts_with("a/data.yaml: invalid data.yaml: YAML alias budget exceeded"),
+            "{err}"
+        );
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn deeply_nested_data_is_refused() {
+        let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        let err = refused(&[("a/data.yaml", deep.as_bytes())]);
+        assert!(
+            err.starts_with("a/data.yaml: invalid data.yaml: YAML nesting depth budget exceeded"),
+            "{err}"
+        );
+        let block: String = (0..200).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        let err = refused(&[("b/data.yml", block.as_bytes())]);
+        assert!(err.contains("YAML nesting depth budget exceeded"), "{err}");
+        // JSON below the keys the first look keeps is skipped by
+        // serde_json without recursion (a byte per level), so it is
+        // accepted however deep, as OPA accepts 10,000 levels.
+        let deep = format!("{}1{}", "{\"k\":".repeat(10_000), "}".repeat(10_000));
+        accepted(&[("c/data.json", deep.as_bytes())]);
+    }
+
+    #[test]
+    fn conflicts_between_overlapping_data_files_are_found_in_any_order() {
+        // At the top of `data` the first look's keys decide; four levels
+        // down it keeps none, and the second look re-reads the files.
+        for pre in ["", "p/q/r/s/"] {
+            let refused = |files: &[(&str, &[u8])]| {
+                let files: Vec<(String, &[u8])> = files
+                    .iter()
+                    .map(|(p, c)| (format!("{pre}{p}"), *c))
+                    .collect();
+                let files: Vec<(&str, &[u8])> =
+                    files.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+                refused(&files)
+            };
+            let accepted = |files: &[(&str, &[u8])]| {
+                let files: Vec<(String, &[u8])> = files
+                    .iter()
+                    .map(|(p, c)| (format!("{pre}{p}"), *c))
+                    .collect();
+                let files: Vec<(&str, &[u8])> =
+                    files.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+                accepted(&files)
+            };
+            // data.json and data.yaml in one directory, both orders.
+            for files in [
+                [
+                    ("a/data.json", br#"{"x":{"y":1}}"#.as_slice()),
+                    ("a/data.yaml", b"x:\n  y: 2\n".as_slice()),
+                ],
+                [
+                    ("a/data.yaml", b"x:\n  y: 2\n".as_slice()),
+                    ("a/data.json", br#"{"x":{"y":1}}"#.as_slice()),
+                ],
+            ] {
+                let err = refused(&files);
+                let want = format!(r#"data conflicts with another data file at "{pre}a/x/y""#);
+                assert!(err.ends_with(&want), "{err}");
+            }
+            accepted(&[
+                ("a/data.json", br#"{"x":{"y":1}}"#),
+                ("a/data.yaml", b"x:\n  z: 2\n"),
+            ]);
+            // Parent and child directories, the deeper one first in the
+            // archive.
+            let err = refused(&[
+                ("a/b/c/data.json", br#"{"d":1}"#),
+                ("a/data.json", br#"{"b":{"c":{"d":{"e":1}}}}"#),
+            ]);
+            assert_eq!(
+                err,
+                format!(
+                    r#"{pre}a/b/c/data.json: data conflicts with another data file at "{pre}a/b/c/d""#
+                )
+            );
+            let err = refused(&[
+                ("a/data.json", br#"{"b":[1]}"#),
+                ("a/b/c/data.json", br#"{"d":1}"#),
+            ]);
+            assert_eq!(
+                err,
+                format!(
+                    r#"{pre}a/b/c/data.json: data conflicts with another data file at "{pre}a/b""#
+                )
+            );
+            // A leaf at a directory another file's data lands below.
+            let err = refused(&[("a/b/data.json", b"{}"), ("a/data.yml", b"b: 7\n")]);
+            let want = format!(r#"data conflicts with another data file at "{pre}a/b""#);
+            assert!(err.contains(&want), "{err}");
+            // Four files at one path, merging key by key.
+            accepted(&[
+                ("q/data.json", br#"{"a":{"b":{"x":1}}}"#),
+                ("q/a/b/data.yaml", b"y: 2\n"),
+                ("q/a/b/data.json", br#"{"z":3}"#),
+                ("q/a/data.json", br#"{"b":{"w":4},"c":5}"#),
+            ]);
+            let err = refused(&[
+                ("q/data.json", br#"{"a":{"b":{"x":1}}}"#),
+                ("q/a/b/data.yaml", b"y: 2\n"),
+                ("q/a/data.json", br#"{"b":{"y":{}}}"#),
+            ]);
+            let want = format!(r#"at "{pre}q/a/b/y""#);
+            assert!(err.contains(&want), "{err}");
+        }
+    }
+
+    #[test]
+    fn data_outside_the_roots_is_refused_beyond_the_first_looks_keys() {
+        // More keys on the way to the roots than the first look keeps,
+        // and the manifest last: the second look finds the stray one.
+        let mut json = String::from("{\"a\":{");
+        for i in 0..5000 {
+            json.push_str(&format!("\"k{i:05}\":{{}},"));
+        }
+        json.push_str("\"stray\":1}}");
+        let roots: Vec<String> = (0..5000).map(|i| format!("a/k{i:05}")).collect();
+        let manifest = serde_json::json!({ "roots": roots }).to_string();
+        let err = refused(&[
+            ("data.json", json.as_bytes()),
+            (".manifest", manifest.as_bytes()),
+        ]);
+        assert!(err.starts_with(r#"data at "a/stray": outside"#), "{err}");
+        let json = json.replace(",\"stray\":1", "");
+        accepted(&[
+            ("data.json", json.as_bytes()),
+            (".manifest", manifest.as_bytes()),
+        ]);
     }
 
     #[test]
@@ -1065,7 +1364,12 @@ mod bit_rot {
         for i in 0..bundle.len() {
             let mut rotten = bundle.clone();
             rotten[i] ^= 0x40;
-            if validate(rotten.as_slice(), ValidationLimits::new(1 << 20)).is_ok() {
+            if validate(
+                std::io::Cursor::new(rotten.as_slice()),
+                ValidationLimits::new(1 << 20),
+            )
+            .is_ok()
+            {
                 // Deflate has slack (header mtime, unused Huffman codes):
                 // only a flip that leaves the content intact may pass.
                 let mut out = Vec::new();
@@ -1106,7 +1410,10 @@ mod bit_rot {
         let mut bundle = gz.finish().unwrap();
         let n = bundle.len();
         bundle[n - 8] ^= 0x40;
-        let r = validate(bundle.as_slice(), ValidationLimits::new(1 << 20));
+        let r = validate(
+            std::io::Cursor::new(bundle.as_slice()),
+            ValidationLimits::new(1 << 20),
+        );
         assert!(r.is_err(), "len {n}: {r:?}");
     }
 }

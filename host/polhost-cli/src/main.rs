@@ -16,7 +16,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use polhost::config::{Config, FetcherEntry, Override, process_env};
-use polhost::{Agent, AgentError, FetcherDescriptor, serve};
+use polhost::{Agent, AgentError, FetcherDescriptor, server};
 
 use progress::Progress;
 
@@ -68,6 +68,11 @@ enum Command {
         /// active, 1 if not.
         #[arg(long)]
         once: bool,
+        /// Serve the local API (active bundles, health, status, metrics) on
+        /// IP:PORT, localhost:PORT or :PORT; overrides polhost.server.addr.
+        /// Not with --once.
+        #[arg(long, value_parser = parse_addr)]
+        addr: Option<SocketAddr>,
         #[command(flatten)]
         overrides: OverrideArgs,
     },
@@ -79,7 +84,7 @@ enum Command {
         /// Directory holding the bundles.
         dir: PathBuf,
         /// Address to listen on.
-        #[arg(long, default_value = serve::DEFAULT_ADDR)]
+        #[arg(long, default_value = server::DEFAULT_ADDR)]
         addr: SocketAddr,
     },
     /// Fetcher plugins: inspect a component, or get the WIT to build one.
@@ -188,8 +193,9 @@ fn main() -> ExitCode {
             Command::Run {
                 config,
                 once,
+                addr,
                 overrides,
-            } => run(config, once, &overrides, progress).await,
+            } => run(config, once, addr, &overrides, progress).await,
             Command::Config(ConfigCommand::Check { config, overrides }) => {
                 check::check(config, &overrides).await
             }
@@ -269,11 +275,19 @@ fn agent_failure(path: &Path, e: AgentError) -> Failure {
 async fn run(
     path: PathBuf,
     once: bool,
+    addr: Option<SocketAddr>,
     overrides: &OverrideArgs,
     progress: Option<Progress>,
 ) -> Result<ExitCode, Failure> {
     let config = load_config_with(&path, &overrides.parse()?)?;
     warn_about(&config, &path);
+    // Checked and bound before the agent is built: a refused address or a
+    // port in use fails at once, not after the fetchers compile.
+    let api = if once {
+        None
+    } else {
+        LocalApi::bind(&config, addr, &path).await?
+    };
     let cache = component_cache_dir(&config.persistence_directory);
     let mut builder = Agent::builder(config)
         .env(process_env)
@@ -296,8 +310,17 @@ async fn run(
             ExitCode::FAILURE
         }
     } else {
+        let agent = std::sync::Arc::new(agent);
         let shutdown = shutdown_on_signal();
+        let server = api.map(|api| tokio::spawn(api.serve(agent.clone(), shutdown.clone())));
         agent.run(shutdown).await;
+        if let Some(server) = server {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("local API: {e}"),
+                Err(e) => tracing::error!("local API task: {e}"),
+            }
+        }
         tracing::info!("stopped");
         ExitCode::SUCCESS
     };
@@ -305,6 +328,65 @@ async fn run(
         progress.clear_all();
     }
     Ok(code)
+}
+
+/// `--addr` and `polhost.server.addr`: OPA's forms.
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    polhost::config::parse_addr(text)
+}
+
+/// The local API of `run`, bound and ready to serve.
+struct LocalApi {
+    listener: tokio::net::TcpListener,
+    options: server::ApiOptions,
+}
+
+impl LocalApi {
+    /// Binds `--addr`, else `polhost.server.addr` (`None`: no server).
+    /// Refused (exit 2) on an address others can reach without a token.
+    async fn bind(
+        config: &Config,
+        cli_addr: Option<SocketAddr>,
+        path: &Path,
+    ) -> Result<Option<LocalApi>, Failure> {
+        let (addr, origin) = match (cli_addr, config.server.addr) {
+            (Some(addr), _) => (addr, "--addr"),
+            (None, Some(addr)) => (addr, "polhost.server.addr"),
+            (None, None) => return Ok(None),
+        };
+        let token = config.server.read_token().map_err(|e| {
+            Failure::Config(anyhow::Error::new(e).context(path.display().to_string()))
+        })?;
+        if token.is_none() && server::needs_token(&addr) {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "{origin} {addr}: not a loopback address, so others could read the bundles \
+                 and status: set polhost.server.token or polhost.server.token_path, or \
+                 listen on 127.0.0.1"
+            )));
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{origin} {addr}: listening"))
+            .map_err(Failure::Other)?;
+        let mut options = server::ApiOptions::default();
+        if let Some(token) = token {
+            options = options.token(token);
+        }
+        // Before the agent is built, so fetcher instantiations count too.
+        match server::install_metrics_recorder() {
+            Ok(handle) => options = options.metrics(handle),
+            Err(e) => tracing::warn!("/metrics without polhost's counters: {e}"),
+        }
+        Ok(Some(LocalApi { listener, options }))
+    }
+
+    async fn serve(
+        self,
+        agent: std::sync::Arc<Agent>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        server::serve_api(agent, self.listener, self.options, shutdown).await
+    }
 }
 
 async fn serve_dir(dir: PathBuf, addr: SocketAddr) -> anyhow::Result<ExitCode> {
@@ -316,7 +398,7 @@ async fn serve_dir(dir: PathBuf, addr: SocketAddr) -> anyhow::Result<ExitCode> {
         dir = %dir.display(),
         "serving bundles"
     );
-    serve::serve(dir.clone(), listener, shutdown_on_signal())
+    server::serve_dir(dir.clone(), listener, shutdown_on_signal())
         .await
         .with_context(|| format!("serving {}", dir.display()))?;
     Ok(ExitCode::SUCCESS)
@@ -479,16 +561,51 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// Dependencies that log what a request carries below `info`: wasmtime's
+/// WASI bindings trace every host call with its arguments (the path and
+/// query a fetcher sets: an Azure SAS `sig`, a presigned URL), oci-client
+/// logs registry token responses and headers, reqwest can trace the bytes
+/// of a connection. They are capped at `info` whatever `POLHOST_LOG` asks,
+/// so that no level puts a secret in the log.
+const CAPPED_TARGETS: [&str; 4] = [
+    "wasmtime_wasi_http",
+    "wasmtime_wasi",
+    "oci_client",
+    "reqwest",
+];
+
 fn init_logging(format: LogFormat, progress: Option<&Progress>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_env("POLHOST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // A layer of its own, not a directive in `filter`: a directive the
+    // user writes for the same target could not then lift it.
+    let cap = CAPPED_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |cap, target| cap.with_target(*target, LevelFilter::INFO),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match (format, progress) {
         // Above the progress bars, which hide while a line is written.
-        (LogFormat::Text, Some(progress)) => builder.with_writer(progress.log_writer()).init(),
-        (LogFormat::Text, None) => builder.with_writer(std::io::stderr).init(),
-        (LogFormat::Json, _) => builder.with_writer(std::io::stderr).json().init(),
+        (LogFormat::Text, Some(progress)) => builder
+            .with_writer(progress.log_writer())
+            .finish()
+            .with(cap)
+            .init(),
+        (LogFormat::Text, None) => builder
+            .with_writer(std::io::stderr)
+            .finish()
+            .with(cap)
+            .init(),
+        (LogFormat::Json, _) => builder
+            .with_writer(std::io::stderr)
+            .json()
+            .finish()
+            .with(cap)
+            .init(),
     }
 }

@@ -1,6 +1,7 @@
 //! The `bundles` section: what to download, from which service, how often.
 //! Owns its validation; it does not check that a bundle exists remotely.
 
+use super::bundle_directory;
 use super::error::ConfigError;
 use super::keys;
 use super::service::Service;
@@ -206,19 +207,35 @@ fn parse_bundle(
 /// The longest file name Linux file systems take.
 const MAX_NAME_BYTES: usize = 255;
 
-/// A bundle name becomes a directory name: `<persistence_directory>/bundles/<name>/`.
+/// A bundle name becomes a directory: `<persistence_directory>/bundles/<name>/`.
+/// OPA allows `/` in names (`authz/v2`), which nests the directories as
+/// OPA's own persistence does; so each `/`-separated segment must be a
+/// directory name of its own.
 fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
-        Err("a bundle name must not be empty")
-    } else if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-        Err(
-            "a bundle name must be usable as a directory name (no '/', '\\' or NUL, not '.' or '..')",
-        )
-    } else if name.len() > MAX_NAME_BYTES {
-        Err("a bundle name is a directory name: at most 255 bytes")
-    } else {
-        Ok(())
+        return Err("a bundle name must not be empty");
     }
+    for segment in name.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." || segment.contains(['\\', '\0'])
+        {
+            return Err(
+                "each '/'-separated part of a bundle name must be usable as a directory name (not empty, '.' or '..', no '\\' or NUL)",
+            );
+        }
+        if segment.len() > MAX_NAME_BYTES {
+            return Err(
+                "each '/'-separated part of a bundle name is a directory name: at most 255 bytes",
+            );
+        }
+        if bundle_directory::KEPT_FILES.contains(&segment)
+            || segment.starts_with(bundle_directory::TEMP_PREFIX)
+        {
+            return Err(
+                "a part of a bundle name must not be a file name polhost keeps in a bundle's directory (bundle.tar.gz, metadata.json, previous.tar.gz, previous.metadata.json, .download-*)",
+            );
+        }
+    }
+    Ok(())
 }
 
 fn check_polling(polling: &PollingSection, path: &str) -> Result<Polling, ConfigError> {
@@ -407,7 +424,9 @@ mod tests {
             error(&format!(
                 "services:\n  s: {{url: 'https://s'}}\nbundles:\n  {name}: {{}}\n"
             )),
-            format!("bundles.{name}: a bundle name is a directory name: at most 255 bytes")
+            format!(
+                "bundles.{name}: each '/'-separated part of a bundle name is a directory name: at most 255 bytes"
+            )
         );
         let name = "b".repeat(255);
         parse(&format!(
@@ -417,21 +436,36 @@ mod tests {
 
     #[test]
     fn bundle_name_that_is_not_a_directory_name_is_rejected() {
-        for name in ["'..'", "'.'", "a/b", "'../etc'", "'a\\b'"] {
+        for name in [
+            "'..'", "'.'", "a//b", "'../etc'", "'a/..'", "'a\\b'", "/a", "a/",
+        ] {
             let text = format!("{SERVICES}bundles:\n  {name}: {{}}\n");
             let message = error(&text);
             assert!(
                 message.ends_with(
-                    ": a bundle name must be usable as a directory name (no '/', '\\' or NUL, not '.' or '..')"
+                    ": each '/'-separated part of a bundle name must be usable as a directory name (not empty, '.' or '..', no '\\' or NUL)"
                 ),
                 "{name}: {message}"
             );
             assert!(message.starts_with("bundles."), "{message}");
         }
-        assert_eq!(
-            error(&format!("{SERVICES}bundles:\n  '..': {{}}\n")),
-            "bundles...: a bundle name must be usable as a directory name (no '/', '\\' or NUL, not '.' or '..')"
-        );
+        for name in ["a/bundle.tar.gz", "a/metadata.json", "a/.download-x"] {
+            let message = error(&format!("{SERVICES}bundles:\n  {name}: {{}}\n"));
+            assert!(
+                message.contains("must not be a file name polhost keeps"),
+                "{name}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn bundle_names_with_a_slash_are_nested_directories_as_in_opa() {
+        let config = parse(&format!(
+            "{SERVICES}bundles:\n  authz/v2: {{}}\n  authz: {{}}\n"
+        ));
+        assert_eq!(config.bundles[0].name, "authz/v2");
+        assert_eq!(config.bundles[0].resource, "bundles/authz/v2");
+        assert_eq!(config.bundles[1].name, "authz");
     }
 
     #[test]

@@ -2,13 +2,27 @@
 //! parsing. Owns only the substitution; it never reads the process
 //! environment itself (the caller passes a lookup).
 
+/// The substituted text would be longer than the limit.
+#[derive(Debug, PartialEq)]
+pub(crate) struct TooLong;
+
 /// Replaces every `${NAME}` in `text` with `lookup(NAME)`, or with the empty
 /// string when the variable is undefined (OPA "plays by bash rules").
 ///
 /// Same matching as OPA's regular expression `\$\{([^}]+)\}`: `NAME` is
 /// everything up to the first `}` and must not be empty; `${}` and an
 /// unclosed `${` stay as they are. Substituted text is not scanned again.
-pub(crate) fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+///
+/// Stops once the result would pass `limit` bytes: a file of many
+/// references to one large variable must not multiply it without bound.
+pub(crate) fn substitute(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    limit: usize,
+) -> Result<String, TooLong> {
+    if text.len() > limit {
+        return Err(TooLong);
+    }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -18,6 +32,7 @@ pub(crate) fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) ->
                 let name = &after[..end];
                 out.push_str(&rest[..start]);
                 match lookup(name) {
+                    Some(value) if out.len() + value.len() > limit => return Err(TooLong),
                     Some(value) => out.push_str(&value),
                     None => tracing::warn!(
                         variable = name,
@@ -36,8 +51,11 @@ pub(crate) fn substitute(text: &str, lookup: &dyn Fn(&str) -> Option<String>) ->
             None => break,
         }
     }
+    if out.len() + rest.len() > limit {
+        return Err(TooLong);
+    }
     out.push_str(rest);
-    out
+    Ok(out)
 }
 
 /// Looks `name` up in the process environment; `None` for names the
@@ -51,7 +69,11 @@ pub fn process_env(name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::substitute;
+    use super::TooLong;
+
+    fn substitute(text: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+        super::substitute(text, env, 1 << 20).unwrap()
+    }
 
     fn env(name: &str) -> Option<String> {
         match name {
@@ -96,5 +118,17 @@ mod tests {
     #[test]
     fn multibyte_text_around_variables_is_kept() {
         assert_eq!(substitute("é${HOST}ü", &env), "éexample.comü");
+    }
+
+    #[test]
+    fn substitution_stops_at_the_limit() {
+        let big = |_: &str| Some("x".repeat(1000));
+        let text = "${A}".repeat(100);
+        assert_eq!(super::substitute(&text, &big, 99_999), Err(TooLong));
+        assert_eq!(
+            super::substitute(&text, &big, 100_000).unwrap().len(),
+            100_000
+        );
+        assert_eq!(super::substitute("abcd", &env, 3), Err(TooLong));
     }
 }

@@ -22,6 +22,21 @@ pub enum ConfigError {
         error: io::Error,
     },
 
+    /// The configuration file holds more than polhost reads of one
+    /// ([`MAX_CONFIG_BYTES`](crate::MAX_CONFIG_BYTES)); nothing past that
+    /// was read.
+    #[error(
+        "{}: the configuration file is larger than {}, the most polhost reads of one",
+        path.display(),
+        crate::read::show_size(*.limit)
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The cap, in bytes.
+        limit: usize,
+    },
+
     /// The text is not valid YAML (the message gives line and column).
     #[error("{}invalid YAML: {message}", FilePrefix(.file.as_deref()))]
     Yaml {
@@ -72,14 +87,18 @@ impl ConfigError {
         }
     }
 
-    /// A YAML error, not yet tied to a file.
-    pub(crate) fn yaml(error: &serde_yaml::Error) -> ConfigError {
-        let location = error.location();
+    /// A YAML error at `line` and `column` (1-based, when known), not yet
+    /// tied to a file; `message` already says where.
+    pub(crate) fn yaml(
+        line: Option<usize>,
+        column: Option<usize>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::Yaml {
             file: None,
-            line: location.as_ref().map(|l| l.line()),
-            column: location.as_ref().map(|l| l.column()),
-            message: error.to_string(),
+            line,
+            column,
+            message: message.into(),
         }
     }
 
@@ -107,7 +126,9 @@ impl ConfigError {
                 message,
             },
             // Not in the file: the message names the flag.
-            other @ (ConfigError::Read { .. } | ConfigError::Override { .. }) => other,
+            other @ (ConfigError::Read { .. }
+            | ConfigError::TooLarge { .. }
+            | ConfigError::Override { .. }) => other,
         }
     }
 }

@@ -10,10 +10,12 @@ use serde::Deserialize;
 
 const KEY_KEYS: &[&str] = &["key", "algorithm", "scope"];
 
+/// The fields read through serde. Not `key`: serde's type errors quote
+/// the value (`invalid type: integer `12345678``), and an HMAC key is a
+/// secret; it is read by hand, its errors naming only its kind.
 #[derive(Deserialize)]
 #[serde(expecting = "a map")]
 struct KeySection {
-    key: Option<Secret>,
     algorithm: Option<String>,
     scope: Option<String>,
 }
@@ -45,11 +47,16 @@ pub(crate) fn parse_keys(
             }
         }
         let section: KeySection = tree::deserialize(value, &path)?;
-        let key = match section.key {
-            Some(key) if !key.expose().is_empty() => key,
+        let key_path = tree::join(&path, "key");
+        let key = match value
+            .get("key")
+            .map(|key| key.opt_str(&key_path))
+            .transpose()?
+        {
+            Some(Some(key)) if !key.is_empty() => Secret::new(key.to_string()),
             _ => {
                 return Err(ConfigError::invalid(
-                    tree::join(&path, "key"),
+                    key_path,
                     "required (a PEM public key, or the HMAC secret for HS256/384/512)",
                 ));
             }
@@ -145,6 +152,39 @@ mod tests {
         assert!(
             message.starts_with("bundles.authz.signing.exclude_files: invalid type"),
             "{message}"
+        );
+    }
+
+    /// Issue 10, item 5: serde's "invalid type: integer `12345678`" printed
+    /// the HMAC key.
+    #[test]
+    fn numeric_hmac_key_is_not_printed_in_the_error() {
+        assert_eq!(
+            error("keys: {k: {algorithm: HS256, key: 12345678}}\n"),
+            "keys.k.key: invalid type: a number, expected a string"
+        );
+        for value in ["1234.5678", "true", "[12345678]", "{a: 12345678}"] {
+            let message = error(&format!("keys: {{k: {{key: {value}}}}}\n"));
+            assert!(
+                message.starts_with("keys.k.key: invalid type: "),
+                "{message}"
+            );
+            assert!(
+                !message.contains("1234") && !message.contains("true"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn numeric_hmac_key_set_on_the_command_line_is_not_printed() {
+        let set = crate::Override::parse_set("keys.k.key=12345678").unwrap();
+        let message = crate::Config::parse_with_overrides("", &crate::tests::test_env, &[set])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "--set keys.k.key: invalid type: a number, expected a string"
         );
     }
 

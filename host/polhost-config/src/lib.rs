@@ -36,14 +36,18 @@
 #![deny(missing_docs)]
 
 mod bundle;
+pub mod bundle_directory;
 mod env;
 mod error;
 mod fetchers;
 mod keys;
 mod limits;
 mod overrides;
+mod read;
+mod server;
 mod service;
 mod tree;
+mod yaml;
 
 pub use bundle::{Bundle, Polling};
 pub use env::process_env;
@@ -52,6 +56,8 @@ pub use fetchers::{ComponentLocation, FetcherEntry, FetcherLimits};
 pub use limits::BundleLimits;
 pub use overrides::Override;
 pub use polhost_bundle::{ALGORITHMS, Key, Secret, Signing};
+pub use read::MAX_CONFIG_BYTES;
+pub use server::{ServerSettings, parse_addr};
 pub use service::{BearerCredentials, Credentials, Service};
 
 use std::path::{Path, PathBuf};
@@ -78,6 +84,8 @@ pub struct Config {
     /// `polhost.fetchers`: fetcher plugins, one per service type, in file
     /// order.
     pub fetchers: Vec<FetcherEntry>,
+    /// `polhost.server`: the local API of `polhost run`.
+    pub server: ServerSettings,
 }
 
 /// The default `persistence_directory`.
@@ -100,9 +108,15 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         overrides: &[Override],
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
+        let text = read::read_capped(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+            read::ReadError::Io(error) => ConfigError::Read {
+                path: path.to_path_buf(),
+                error,
+            },
+            read::ReadError::TooLarge => ConfigError::TooLarge {
+                path: path.to_path_buf(),
+                limit: MAX_CONFIG_BYTES,
+            },
         })?;
         let mut config =
             Config::parse_with_overrides(&text, env, overrides).map_err(|e| e.in_file(path))?;
@@ -112,7 +126,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses text; `env` looks up variables for ${VAR} substitution.
+    /// Parses text; `env` looks up variables for ${VAR} substitution. The
+    /// text, before and after substitution, may hold at most
+    /// [`MAX_CONFIG_BYTES`], and the YAML is read within budgets of values,
+    /// depth and aliases (docs/configuration.md, "Limits").
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         Config::parse_with_overrides(text, env, &[])
     }
@@ -124,8 +141,17 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         overrides: &[Override],
     ) -> Result<Config, ConfigError> {
-        let text = env::substitute(text, env);
-        let mut root = tree::parse(&text)?;
+        let text = env::substitute(text, env, MAX_CONFIG_BYTES).map_err(|env::TooLong| {
+            ConfigError::invalid(
+                "",
+                format!(
+                    "the configuration text is larger than {}, the most polhost reads \
+                     (counted after ${{ENV}} substitution)",
+                    read::show_size(MAX_CONFIG_BYTES)
+                ),
+            )
+        })?;
+        let mut root = yaml::parse(&text)?;
         let set_paths = overrides::apply(&mut root, overrides, env)?;
         Config::from_tree(&root).map_err(|e| overrides::attribute(e, &set_paths))
     }
@@ -164,6 +190,7 @@ impl Config {
             polhost_node.and_then(|node| node.get("fetchers")),
             &mut ignored_keys,
         )?;
+        let server = server::parse(polhost_node.and_then(|node| node.get("server")))?;
         let keys = keys::parse_keys(keys, &mut ignored_keys)?;
         let bundles = bundle::parse_bundles(bundles, &services, &keys, &mut ignored_keys)?;
         let persistence_directory = match persistence_directory {
@@ -191,6 +218,7 @@ impl Config {
             ignored_keys,
             bundle_limits,
             fetchers,
+            server,
         })
     }
 }

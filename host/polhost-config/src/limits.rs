@@ -16,7 +16,8 @@ pub struct BundleLimits {
     /// `max_uncompressed_bytes`: the whole archive, uncompressed; default
     /// 8 GiB.
     pub max_uncompressed_bytes: u64,
-    /// `max_data_keys`: object keys of all data files of one bundle;
+    /// `max_data_keys`: object keys of overlapping data files held in
+    /// memory to check their merge (data files themselves stream);
     /// default 1,000,000.
     pub max_data_keys: u64,
 }
@@ -43,7 +44,7 @@ impl BundleLimits {
     }
 }
 
-const POLHOST_KEYS: &[&str] = &["bundle", "fetchers"];
+const POLHOST_KEYS: &[&str] = &["bundle", "fetchers", "server"];
 
 #[derive(Deserialize)]
 #[serde(expecting = "a map", deny_unknown_fields)]

@@ -26,6 +26,7 @@ use std::fmt;
 use std::path::Path;
 
 use super::error::ConfigError;
+use super::read::{MAX_CONFIG_BYTES, ReadError, read_capped, show_size};
 use super::tree::{self, Node};
 
 /// The largest list index an override may name (Helm's limit).
@@ -101,7 +102,18 @@ impl Override {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Vec<String>, ConfigError> {
         let text = match self.flag {
-            Flag::Set => super::env::substitute(&self.text, env),
+            Flag::Set => super::env::substitute(&self.text, env, MAX_CONFIG_BYTES).map_err(
+                |super::env::TooLong| {
+                    override_error(
+                        self.flag,
+                        self.keys.first().map_or("", String::as_str),
+                        format!(
+                            "larger than {} after ${{ENV}} substitution, the most polhost reads",
+                            show_size(MAX_CONFIG_BYTES)
+                        ),
+                    )
+                },
+            )?,
             Flag::SetFile => self.text.clone(),
         };
         let mut paths = Vec::new();
@@ -184,9 +196,17 @@ fn override_error(flag: Flag, key: &str, message: impl Into<String>) -> ConfigEr
 /// The content of a `--set-file` file, trimmed. Errors name the file, never
 /// show its content.
 fn read_value(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let text = read_capped(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+        ReadError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            format!("{} is not UTF-8 text", path.display())
+        }
+        ReadError::Io(e) => format!("cannot read {}: {e}", path.display()),
+        ReadError::TooLarge => format!(
+            "{} is larger than {}, the most polhost reads of a file",
+            path.display(),
+            show_size(MAX_CONFIG_BYTES)
+        ),
+    })?;
     Ok(text.trim().to_string())
 }
 
@@ -231,6 +251,10 @@ fn parse(flag: Flag, text: &str) -> Result<Vec<Assignment>, ConfigError> {
         ));
     }
     loop {
+        let previous = assignments.last().map(|a: &Assignment| a.key.as_str());
+        if !parser.pair_has_equals() {
+            return Err(parser.pair_without_equals(previous));
+        }
         assignments.push(parser.assignment()?);
         match parser.next() {
             None => return Ok(assignments),
@@ -278,6 +302,45 @@ impl Parser {
             end += 1;
         }
         self.chars[self.at..end].iter().collect()
+    }
+
+    /// Whether an unescaped `=` comes before the next unescaped `,`.
+    fn pair_has_equals(&self) -> bool {
+        let mut escaped = false;
+        for &c in &self.chars[self.at..] {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '=' => return true,
+                ',' => return false,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// The error for a pair with no `=`, which shows its text only if it
+    /// can be nothing but a key. After an earlier pair, it is most likely
+    /// the rest of that pair's value (a token with an unescaped `,`), so it
+    /// is never shown: the earlier key is named instead.
+    fn pair_without_equals(&self, previous: Option<&str>) -> ConfigError {
+        let text = self.written_key();
+        match previous {
+            Some(key) => override_error(
+                self.flag,
+                key,
+                "its value is followed by a ',' and text that is not key=value (not shown: \
+                 it may be part of the value; write a ',' inside a value as '\\,')",
+            ),
+            None if is_key_like(&text) => {
+                override_error(self.flag, &text, "no value (expected key=value)")
+            }
+            None => override_error(
+                self.flag,
+                "argument",
+                "no '=' in it (expected key=value; not shown: it may hold a value)",
+            ),
+        }
     }
 
     /// `key=value`, up to (not including) the `,` after it.
@@ -386,6 +449,15 @@ impl Parser {
         }
         text
     }
+}
+
+/// Text that can be nothing but a key path (`services.acme`, `a[0].b`):
+/// safe to show.
+fn is_key_like(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
 }
 
 fn parse_index(digits: &str) -> Result<usize, String> {
@@ -528,7 +600,7 @@ keys:
 
     /// The tree `args` make from `text`, as JSON.
     fn tree_of(text: &str, args: &[&str]) -> serde_json::Value {
-        let mut root = tree::parse(text).unwrap();
+        let mut root = crate::yaml::parse(text).unwrap();
         apply(&mut root, &sets(args), &test_env).unwrap();
         root.to_json()
     }
@@ -686,7 +758,8 @@ keys:
         let e = Override::parse_set("a=1,services.acme").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "--set services.acme: no value (expected key=value)"
+            "--set a: its value is followed by a ',' and text that is not key=value (not shown: \
+             it may be part of the value; write a ',' inside a value as '\\,')"
         );
         let e = Override::parse_set_file("token").unwrap_err();
         assert_eq!(
@@ -697,6 +770,40 @@ keys:
         assert_eq!(
             e.to_string(),
             "--set \"\": empty argument (expected key=value)"
+        );
+    }
+
+    /// Issue 10, item 5: a token holding an unescaped `,` was split, and
+    /// its second half shown as a key with no value.
+    #[test]
+    fn a_value_split_at_a_comma_is_not_shown() {
+        for arg in [
+            "services.acme.credentials.bearer.token=abc,s3cr3t-half",
+            "services.acme.credentials.bearer.token=abc,s3cr3t:half",
+        ] {
+            let message = Override::parse_set(arg).unwrap_err().to_string();
+            assert!(!message.contains("s3cr3t"), "{message}");
+            assert!(
+                message.starts_with("--set services.acme.credentials.bearer.token: "),
+                "{message}"
+            );
+        }
+        let message = Override::parse_set("token:s3cr3t").unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "--set argument: no '=' in it (expected key=value; not shown: it may hold a value)"
+        );
+    }
+
+    #[test]
+    fn a_set_file_larger_than_the_cap_is_refused_naming_it() {
+        let e = error_of(
+            FILE,
+            &[Override::parse_set_file("services.acme.url=/dev/zero").unwrap()],
+        );
+        assert_eq!(
+            e,
+            "--set-file services.acme.url: /dev/zero is larger than 4 MiB, the most polhost reads of a file"
         );
     }
 

@@ -896,4 +896,30 @@ mod tests {
         assert_eq!(config.services[0].name, "a");
         assert_eq!(config.services[0].raw["name"], "a");
     }
+
+    /// Issue 10, item 5, for every field that holds a secret: a value of the
+    /// wrong kind is named by its kind, never shown. The credential methods
+    /// the host does not read (s3_signing's keys, oauth2's client_secret,
+    /// ...) give no error here at all: they reach the fetcher unread.
+    #[test]
+    fn secret_fields_never_echo_a_wrongly_typed_value() {
+        let fields = [
+            "services: {s: {url: 'https://a.example', credentials: {bearer: {token: VALUE}}}}",
+            "services: {s: {url: 'https://a.example', headers: {Authorization: VALUE}}}",
+            "keys: {k: {key: VALUE}}",
+            "polhost: {fetchers: {x: {component: 'oci://r.example/f:1', digest: 'sha256:0000000000000000000000000000000000000000000000000000000000000000', credentials: {bearer: {token: VALUE}}}}}",
+            "services: {s: {url: 'https://a.example', credentials: {s3_signing: {static: {secret_access_key: VALUE}}}}}",
+            "services: {s: {url: 'https://a.example', credentials: {oauth2: {client_secret: VALUE}}}}",
+        ];
+        for field in fields {
+            for value in ["12345678", "1234.5678", "[12345678]", "{x: 12345678}"] {
+                let text = format!("{}\n", field.replace("VALUE", value));
+                if let Err(e) = crate::Config::parse(&text, &crate::tests::test_env) {
+                    let message = e.to_string();
+                    assert!(!message.contains("1234"), "{text}: {message}");
+                    assert!(message.contains("invalid type: a "), "{text}: {message}");
+                }
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The configuration document as an ordered tree of JSON-like values (YAML
-//! tags dropped, keys as strings, `<<` merges applied), plus the helpers the
-//! sections use to read it. Owns "where": it builds field paths.
+//! tags dropped, keys as strings, `<<` merges applied; `yaml.rs` builds
+//! it), plus the helpers the sections use to read it. Owns "where": it
+//! builds field paths.
 
 use super::error::ConfigError;
 use serde::de::DeserializeOwned;
@@ -86,74 +87,6 @@ impl Node {
     }
 }
 
-/// Parses YAML text into a tree.
-pub(crate) fn parse(text: &str) -> Result<Node, ConfigError> {
-    let mut value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| ConfigError::yaml(&e))?;
-    value.apply_merge().map_err(|e| ConfigError::yaml(&e))?;
-    from_yaml(value, "")
-}
-
-fn from_yaml(value: serde_yaml::Value, path: &str) -> Result<Node, ConfigError> {
-    use serde_yaml::Value;
-    Ok(match value {
-        Value::Null => Node::Null,
-        Value::Bool(b) => Node::Bool(b),
-        Value::Number(n) => Node::Number(number(&n, path)?),
-        Value::String(s) => Node::String(s),
-        Value::Sequence(items) => Node::List(
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| from_yaml(item, &index(path, i)))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Mapping(mapping) => {
-            let mut entries: Vec<(String, Node)> = Vec::with_capacity(mapping.len());
-            for (key, value) in mapping {
-                let key = map_key(key, path)?;
-                let child = join(path, &key);
-                if entries.iter().any(|(k, _)| *k == key) {
-                    return Err(ConfigError::invalid(child, "duplicate key"));
-                }
-                let value = from_yaml(value, &child)?;
-                entries.push((key, value));
-            }
-            Node::Map(entries)
-        }
-        // OPA reads YAML into JSON, which has no tags: keep the value.
-        Value::Tagged(tagged) => from_yaml(tagged.value, path)?,
-    })
-}
-
-fn number(n: &serde_yaml::Number, path: &str) -> Result<serde_json::Number, ConfigError> {
-    if let Some(u) = n.as_u64() {
-        Ok(u.into())
-    } else if let Some(i) = n.as_i64() {
-        Ok(i.into())
-    } else {
-        n.as_f64()
-            .and_then(serde_json::Number::from_f64)
-            .ok_or_else(|| ConfigError::invalid(path, "not a finite number"))
-    }
-}
-
-/// A map key as JSON has it: strings as they are, numbers and booleans as
-/// their text (what OPA's YAML-to-JSON conversion does).
-fn map_key(key: serde_yaml::Value, path: &str) -> Result<String, ConfigError> {
-    use serde_yaml::Value;
-    match key {
-        Value::String(s) => Ok(s),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        Value::Tagged(tagged) => map_key(tagged.value, path),
-        Value::Null | Value::Sequence(_) | Value::Mapping(_) => Err(ConfigError::invalid(
-            path,
-            "map keys must be strings, numbers or booleans",
-        )),
-    }
-}
-
 /// Lists as ignored (by field path) every key of the map at `path` that is
 /// not one of `known`: accepted, reported, never silently dropped.
 pub(crate) fn report_unknown_keys(
@@ -209,52 +142,4 @@ pub(crate) fn deserialize<T: DeserializeOwned>(node: &Node, path: &str) -> Resul
         };
         ConfigError::invalid(field, error.into_inner().to_string())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Node, parse};
-
-    #[test]
-    fn maps_keep_file_order() {
-        let node = parse("b: 1\na: 2\nc: 3\n").unwrap();
-        let Node::Map(entries) = node else {
-            panic!("not a map")
-        };
-        let keys: Vec<_> = entries.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["b", "a", "c"]);
-    }
-
-    #[test]
-    fn non_string_keys_become_strings() {
-        let node = parse("1: a\ntrue: b\n").unwrap();
-        assert_eq!(node.get("1"), Some(&Node::String("a".into())));
-        assert_eq!(node.get("true"), Some(&Node::String("b".into())));
-    }
-
-    #[test]
-    fn merge_keys_are_applied() {
-        let node = parse("base: &b {x: 1}\nother:\n  <<: *b\n  y: 2\n").unwrap();
-        let other = node.get("other").unwrap();
-        assert_eq!(other.get("x"), Some(&Node::Number(1.into())));
-        assert_eq!(other.get("y"), Some(&Node::Number(2.into())));
-    }
-
-    #[test]
-    fn tags_are_dropped() {
-        let node = parse("a: !custom hello\n").unwrap();
-        assert_eq!(node.get("a"), Some(&Node::String("hello".into())));
-    }
-
-    #[test]
-    fn key_duplicated_after_conversion_names_it() {
-        let error = parse("top:\n  1: a\n  \"1\": b\n").unwrap_err();
-        assert_eq!(error.to_string(), "top.1: duplicate key");
-    }
-
-    #[test]
-    fn infinite_number_names_the_field() {
-        let error = parse("a:\n  - .inf\n").unwrap_err();
-        assert_eq!(error.to_string(), "a[0]: not a finite number");
-    }
 }

@@ -22,7 +22,7 @@
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let url = format!("http://{}", listener.local_addr()?);
 //! let stop = tokio_util::sync::CancellationToken::new();
-//! tokio::spawn(polhost::serve::serve(www.path().into(), listener, stop.clone()));
+//! tokio::spawn(polhost::server::serve_dir(www.path().into(), listener, stop.clone()));
 //!
 //! let config = Config::parse(
 //!     &format!("services:\n  local:\n    url: {url}\nbundles:\n  authz: {{}}\n"),

@@ -11,9 +11,9 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -22,10 +22,12 @@ use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits, Verifica
 use crate::config::{Bundle, BundleLimits, Config, Service};
 use crate::download::{self, Download, DownloadJob, FailureKind, FetchError, ProgressFn};
 use crate::fetcher::{FetcherRegistry, RegistryError, SharedEnv};
+use crate::metrics;
 use crate::runtime::{self, FetcherComponent, Limits, Runtime, RuntimeError};
 use crate::sandbox::Grant;
 use crate::schedule;
 use crate::source::{self, SourceError};
+use crate::status::{BundleStatus, Failure};
 use crate::store::{self, BundleDir, Metadata};
 
 /// Where an active bundle came from.
@@ -128,7 +130,9 @@ pub enum AgentError {
     Registry(#[from] RegistryError),
     /// A fetcher's component could not be had (a missing file, a digest
     /// mismatch, a registry that could not be asked).
-    #[error("{field}: {source}")]
+    // The reason is the source, not in the message: `{:#}` prints both
+    // (as the CLI does), and a message holding it too printed it twice.
+    #[error("{field}")]
     Component {
         /// The field that names the component
         /// (`polhost.fetchers.<type>.component`, or the fetcher's name).
@@ -141,7 +145,7 @@ pub enum AgentError {
     #[error("{0}")]
     Key(String),
     /// A fetcher does not fit the contract, or the engine failed.
-    #[error("{field}: {source}")]
+    #[error("{field}")]
     Runtime {
         /// The field that names the component, as for `Component`.
         field: String,
@@ -150,7 +154,7 @@ pub enum AgentError {
         source: RuntimeError,
     },
     /// The persistence directory cannot be used.
-    #[error("persistence_directory {path}: {source}")]
+    #[error("persistence_directory {path}")]
     Persistence {
         /// The directory that failed.
         path: PathBuf,
@@ -284,6 +288,14 @@ impl AgentBuilder {
         let progress = self.progress.clone();
         let prepared = self.prepare().await?;
         let config = prepared.config;
+        // Held for the agent's life; taken before anything in the
+        // directory is cleaned, so a second instance harms no first one.
+        let lock = store::lock(&config.persistence_directory).map_err(|source| {
+            AgentError::Persistence {
+                path: config.persistence_directory.clone(),
+                source,
+            }
+        })?;
         for bundle in &config.bundles {
             let dir = BundleDir::new(&config.persistence_directory, &bundle.name, bundle.persist);
             dir.prepare().map_err(|source| AgentError::Persistence {
@@ -292,14 +304,28 @@ impl AgentBuilder {
             })?;
         }
         let (events, _) = broadcast::channel(256);
+        let mut statuses = HashMap::new();
+        let mut watches = HashMap::new();
+        for bundle in &config.bundles {
+            let fetcher = prepared
+                .services
+                .get(&bundle.service)
+                .map(|s| s.fetcher.as_str())
+                .unwrap_or_default();
+            let status = BundleStatus::new(&bundle.name, &bundle.service, fetcher);
+            statuses.insert(bundle.name.clone(), status);
+            watches.insert(bundle.name.clone(), watch::Sender::new(None));
+        }
         Ok(Agent {
             shared: Arc::new(Shared {
                 runtime: prepared.runtime,
                 fetchers: prepared.fetchers,
                 services: prepared.services,
                 persistence_directory: config.persistence_directory.clone(),
+                _lock: lock,
                 events,
-                active: Mutex::new(HashMap::new()),
+                statuses: Mutex::new(statuses),
+                watches,
                 bundle_limits: config.bundle_limits,
                 verifications: prepared.verifications,
                 progress,
@@ -458,8 +484,14 @@ struct Shared {
     fetchers: HashMap<String, Arc<FetcherComponent>>,
     services: HashMap<String, ServiceEntry>,
     persistence_directory: PathBuf,
+    /// The persistence directory is this agent's while it lives.
+    _lock: store::DirLock,
     events: broadcast::Sender<Event>,
-    active: Mutex<HashMap<String, Activation>>,
+    /// Every configured bundle's status, the active bundle included: the
+    /// one place activation state lives (events only notify).
+    statuses: Mutex<HashMap<String, BundleStatus>>,
+    /// Per bundle, the current activation, for waiters (long polling).
+    watches: HashMap<String, watch::Sender<Option<Activation>>>,
     bundle_limits: BundleLimits,
     /// Per bundle name, how its signature is verified.
     verifications: HashMap<String, Arc<Verification>>,
@@ -492,25 +524,48 @@ impl Agent {
     /// readable through [`Activation::reader`] even after a newer one
     /// replaces it.
     pub fn current(&self, bundle: &str) -> Option<Activation> {
-        let active = self.shared.active.lock().expect("active lock");
-        active.get(bundle).cloned()
+        let statuses = self.shared.statuses.lock().expect("status lock");
+        statuses.get(bundle).and_then(|s| s.active.clone())
     }
 
-    /// Events from now on.
+    /// Events from now on. A subscriber that falls behind loses the oldest
+    /// events (`RecvError::Lagged`), never state: [`Self::status`] has it.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.shared.events.subscribe()
     }
 
-    /// The bundles active now.
+    /// The bundles active now, by name.
     pub fn active(&self) -> Vec<Activation> {
-        let active = self.shared.active.lock().expect("active lock");
-        let mut list: Vec<_> = active.values().cloned().collect();
+        let statuses = self.shared.statuses.lock().expect("status lock");
+        let mut list: Vec<_> = statuses.values().filter_map(|s| s.active.clone()).collect();
         list.sort_by(|a, b| a.bundle.cmp(&b.bundle));
         list
     }
 
-    /// Activates persisted bundles, then polls every bundle until
-    /// `shutdown` is cancelled.
+    /// Every configured bundle's status, in the configuration's order.
+    pub fn status(&self) -> Vec<BundleStatus> {
+        let statuses = self.shared.statuses.lock().expect("status lock");
+        self.bundles
+            .iter()
+            .filter_map(|b| statuses.get(&b.name).cloned())
+            .collect()
+    }
+
+    /// One configured bundle's status.
+    pub fn bundle_status(&self, bundle: &str) -> Option<BundleStatus> {
+        let statuses = self.shared.statuses.lock().expect("status lock");
+        statuses.get(bundle).cloned()
+    }
+
+    /// The current activation of a configured bundle, as a value that
+    /// changes on each of its activations (`changed().await` wakes a long
+    /// poll), or `None` for a bundle that is not configured.
+    pub fn watch(&self, bundle: &str) -> Option<watch::Receiver<Option<Activation>>> {
+        self.shared.watches.get(bundle).map(|w| w.subscribe())
+    }
+
+    /// Activates persisted bundles not yet active, then polls every
+    /// bundle until `shutdown` is cancelled.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
         for bundle in &self.bundles {
@@ -520,7 +575,7 @@ impl Agent {
             let span = shared.span(&bundle);
             tasks.spawn(
                 async move {
-                    let active = shared.restore(&bundle);
+                    let active = shared.active_or_restored(&bundle);
                     shared.poll_forever(&bundle, active, shutdown).await;
                 }
                 .instrument(span),
@@ -529,8 +584,8 @@ impl Agent {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Activates persisted bundles, polls each bundle once, and returns how
-    /// many bundles are not active afterwards.
+    /// Activates persisted bundles not yet active, polls each bundle once,
+    /// and returns how many bundles are not active afterwards.
     pub async fn run_once(&self) -> usize {
         let mut tasks = tokio::task::JoinSet::new();
         for bundle in &self.bundles {
@@ -539,8 +594,9 @@ impl Agent {
             let span = shared.span(&bundle);
             tasks.spawn(
                 async move {
-                    let active = shared.restore(&bundle);
-                    shared.poll(&bundle, active.as_ref()).await.is_ok() || active.is_some()
+                    let active = shared.active_or_restored(&bundle);
+                    let polled = shared.poll(&bundle, active.as_ref()).await;
+                    polled.is_ok() || active.is_some()
                 }
                 .instrument(span),
             );
@@ -555,9 +611,20 @@ impl Agent {
     }
 }
 
+/// A not-modified answer to a long poll sooner than this (or than half
+/// the wait asked for, if shorter) means the server did not hold the
+/// request: polling again at once would flood it (issue 10, item 8).
+const LONG_POLL_MIN_HOLD: Duration = Duration::from_secs(1);
+
 /// The outcome of one successful poll.
 struct Polled {
+    /// The activation to keep using: a new one, or the active one with the
+    /// etag the service now gives its bytes. `None`: keep the active one.
+    activation: Option<Activation>,
+    /// Whether the service long-polled.
     long_polling: bool,
+    /// Whether a new bundle was activated.
+    changed: bool,
 }
 
 impl Shared {
@@ -584,17 +651,26 @@ impl Shared {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
         let mut retries = 0;
         loop {
+            let started = Instant::now();
             let polled = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 polled = self.poll(bundle, active.as_ref()) => polled,
             };
             let delay = match polled {
-                Ok((activation, polled)) => {
+                Ok(polled) => {
                     retries = 0;
-                    if let Some(activation) = activation {
+                    if let Some(activation) = polled.activation {
                         active = Some(activation);
                     }
-                    schedule::after_success(&bundle.polling, polled.long_polling, &mut rng)
+                    let held = polled.long_polling
+                        && (polled.changed || held_long_enough(bundle, started.elapsed()));
+                    if polled.long_polling && !held {
+                        warn!(
+                            "the service claims long polling but answered at once: \
+                             waiting the polling delay instead of asking again"
+                        );
+                    }
+                    schedule::after_success(&bundle.polling, held, &mut rng)
                 }
                 Err(()) => {
                     let delay = schedule::after_failure(&bundle.polling, retries, &mut rng);
@@ -602,6 +678,9 @@ impl Shared {
                     delay
                 }
             };
+            self.update_status(&bundle.name, |s| {
+                s.next_poll = Some(SystemTime::now() + delay);
+            });
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -611,53 +690,90 @@ impl Shared {
 
     /// One download; activates what it brings. Failures are logged and
     /// announced here: the caller only needs to know to back off.
-    async fn poll(
-        &self,
-        bundle: &Bundle,
-        active: Option<&Activation>,
-    ) -> Result<(Option<Activation>, Polled), ()> {
-        match self.download(bundle, active).await {
+    async fn poll(&self, bundle: &Bundle, active: Option<&Activation>) -> Result<Polled, ()> {
+        let started = Instant::now();
+        self.update_status(&bundle.name, |s| s.requested(SystemTime::now()));
+        // OPA sends the etag of the active bundle, not of the last
+        // response: after a failed download, ask for it all again.
+        let etag = active.and_then(|a| a.etag.clone());
+        let sent_etag = etag.is_some();
+        let (outcome, polled) = match self.download(bundle, etag).await {
+            Ok(Download::NotModified(_)) if !sent_etag => {
+                // Nothing was asked to be compared: a 304 here keeps no
+                // bundle, so it must not pass for success (issue 10, item 6).
+                let kind = FailureKind::Protocol;
+                self.fail(
+                    bundle,
+                    kind,
+                    None,
+                    "the service answered not-modified (304) to a request that sent no etag: \
+                     there is no bundle to keep"
+                        .into(),
+                );
+                (kind.as_str(), Err(()))
+            }
             Ok(Download::NotModified(info)) => {
                 tracing::debug!("bundle not modified");
+                self.update_status(&bundle.name, |s| s.succeeded(SystemTime::now()));
+                metrics::not_modified(&bundle.name);
                 self.announce(Event::NotModified {
                     bundle: bundle.name.clone(),
                 });
-                Ok((
-                    None,
-                    Polled {
-                        long_polling: info.long_polling,
-                    },
-                ))
+                let polled = Polled {
+                    activation: None,
+                    long_polling: info.long_polling,
+                    changed: false,
+                };
+                ("not-modified", Ok(polled))
             }
             Ok(Download::Fetched(fetched)) => {
+                metrics::downloaded(&bundle.name, fetched.size);
                 let long_polling = fetched.info.long_polling;
-                match self.commit(bundle, fetched) {
-                    Ok(activation) => Ok((Some(activation), Polled { long_polling })),
+                match self.commit(bundle, active, fetched) {
+                    Ok(Committed::Activated(activation)) => {
+                        let polled = Polled {
+                            activation: Some(activation),
+                            long_polling,
+                            changed: true,
+                        };
+                        ("activated", Ok(polled))
+                    }
+                    Ok(Committed::Unchanged(activation)) => {
+                        self.announce(Event::NotModified {
+                            bundle: bundle.name.clone(),
+                        });
+                        let polled = Polled {
+                            activation: Some(activation),
+                            long_polling,
+                            changed: false,
+                        };
+                        ("unchanged", Ok(polled))
+                    }
                     Err(Refused::Roots(message)) => {
-                        self.fail(bundle, FailureKind::Roots, message);
-                        Err(())
+                        self.fail(bundle, FailureKind::Roots, None, message);
+                        (FailureKind::Roots.as_str(), Err(()))
                     }
                     Err(Refused::Io(e)) => {
-                        self.fail(
-                            bundle,
-                            FailureKind::Io,
-                            format!("persisting the bundle: {e}"),
-                        );
-                        Err(())
+                        let message = format!("persisting the bundle: {e}");
+                        self.fail(bundle, FailureKind::Io, None, message);
+                        (FailureKind::Io.as_str(), Err(()))
                     }
                 }
             }
             Err(e) => {
-                self.fail(bundle, e.kind(), e.to_string());
-                Err(())
+                let kind = e.kind();
+                self.fail(bundle, kind, e.http_status(), e.to_string());
+                (kind.as_str(), Err(()))
             }
-        }
+        };
+        metrics::polled(&bundle.name, outcome, started.elapsed());
+        polled
     }
 
     async fn download(
         &self,
         bundle: &Bundle,
-        active: Option<&Activation>,
+        etag: Option<String>,
     ) -> Result<Download, FetchError> {
         let entry = self
             .services
@@ -674,9 +790,7 @@ impl Shared {
             grant: entry.grant.clone(),
             service: &entry.service,
             bundle,
-            // OPA sends the etag of the active bundle, not of the last
-            // response: after a failed download, ask for it all again.
-            etag: active.and_then(|a| a.etag.clone()),
+            etag,
             dir: &dir,
             limits: self.limits(bundle),
             verification: self.verifications.get(&bundle.name).cloned(),
@@ -691,27 +805,62 @@ impl Shared {
 
     /// Persists and activates a downloaded bundle, unless its roots
     /// collide with another active bundle's (checked first, under the lock
-    /// that activation takes, so two bundles cannot both slip in).
-    fn commit(&self, bundle: &Bundle, fetched: download::Fetched) -> Result<Activation, Refused> {
+    /// that activation takes, so two bundles cannot both slip in). The
+    /// active bytes again, under a new etag, are not activated again: only
+    /// the etag is kept, for the next request (issue 10, item 14).
+    fn commit(
+        &self,
+        bundle: &Bundle,
+        active: Option<&Activation>,
+        fetched: download::Fetched,
+    ) -> Result<Committed, Refused> {
         let dir = self.dir(bundle);
-        let roots = fetched.summary.roots();
-        let mut active = self.active.lock().expect("active lock");
-        check_roots(&active, &bundle.name, &roots).map_err(Refused::Roots)?;
+        let now = SystemTime::now();
         let metadata = Metadata {
             etag: fetched.info.etag.clone(),
             sha256: fetched.sha256.clone(),
             revision: fetched.summary.revision().to_string(),
             size: fetched.size,
-            fetched_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            fetched_at: humantime::format_rfc3339_seconds(now).to_string(),
         };
+        if let Some(active) = active.filter(|a| a.sha256 == fetched.sha256) {
+            let mut same = active.clone();
+            if same.etag != metadata.etag {
+                if bundle.persist {
+                    dir.write_metadata(&metadata).map_err(Refused::Io)?;
+                }
+                same.etag = metadata.etag;
+            }
+            tracing::debug!("downloaded bytes are the active bundle's: kept as they are");
+            self.update_status(&bundle.name, |s| {
+                s.downloaded(now);
+                s.active = Some(same.clone());
+            });
+            return Ok(Committed::Unchanged(same));
+        }
+        let roots = fetched.summary.roots();
+        let mut statuses = self.statuses.lock().expect("status lock");
+        check_roots(&statuses, &bundle.name, &roots).map_err(Refused::Roots)?;
         let path = dir.commit(fetched.file, &metadata).map_err(Refused::Io)?;
         // One task per bundle: nothing else commits it before this opens.
         let file = File::open(&path).map_err(Refused::Io)?;
         let activation = activation(bundle, metadata, roots, path, file, Source::Download);
-        active.insert(bundle.name.clone(), activation.clone());
-        drop(active);
+        let status = statuses
+            .get_mut(&bundle.name)
+            .expect("every bundle has a status");
+        status.downloaded(now);
+        status.activated(activation.clone(), now);
+        drop(statuses);
         self.announce_activation(&activation);
-        Ok(activation)
+        Ok(Committed::Activated(activation))
+    }
+
+    /// Applies `change` to `bundle`'s status.
+    fn update_status(&self, bundle: &str, change: impl FnOnce(&mut BundleStatus)) {
+        let mut statuses = self.statuses.lock().expect("status lock");
+        if let Some(status) = statuses.get_mut(bundle) {
+            change(status);
+        }
     }
 
     fn announce_activation(&self, activation: &Activation) {
@@ -723,16 +872,29 @@ impl Shared {
             path = %activation.path.display(),
             "bundle activated"
         );
+        metrics::activated(&activation.bundle);
+        if let Some(watch) = self.watches.get(&activation.bundle) {
+            watch.send_replace(Some(activation.clone()));
+        }
         self.announce(Event::Activated(activation.clone()));
     }
 
-    fn fail(&self, bundle: &Bundle, kind: FailureKind, message: String) {
+    fn fail(&self, bundle: &Bundle, kind: FailureKind, http_code: Option<u16>, message: String) {
         error!(kind = kind.as_str(), "bundle download failed: {message}");
         let fetcher = self
             .services
             .get(&bundle.service)
             .map(|s| s.fetcher.clone())
             .unwrap_or_default();
+        metrics::failed(&bundle.name, &bundle.service, kind);
+        self.update_status(&bundle.name, |s| {
+            s.failed(Failure {
+                kind,
+                message: message.clone(),
+                http_code,
+                at: SystemTime::now(),
+            })
+        });
         self.announce(Event::Failed {
             bundle: bundle.name.clone(),
             service: bundle.service.clone(),
@@ -745,6 +907,16 @@ impl Shared {
     fn announce(&self, event: Event) {
         // No subscriber is fine.
         let _ = self.events.send(event);
+    }
+
+    /// The bundle's activation: the one already active (from an earlier
+    /// run), else the persisted copy, restored.
+    fn active_or_restored(&self, bundle: &Bundle) -> Option<Activation> {
+        let active = {
+            let statuses = self.statuses.lock().expect("status lock");
+            statuses.get(&bundle.name).and_then(|s| s.active.clone())
+        };
+        active.or_else(|| self.restore(bundle))
     }
 
     /// Validates and activates the persisted copy of a `persist: true`
@@ -799,15 +971,18 @@ impl Shared {
                 fetched_at: recorded.fetched_at,
             };
             let roots = summary.roots();
-            let mut active = self.active.lock().expect("active lock");
-            if let Err(message) = check_roots(&active, &bundle.name, &roots) {
-                drop(active);
-                self.fail(bundle, FailureKind::Roots, message);
+            let mut statuses = self.statuses.lock().expect("status lock");
+            if let Err(message) = check_roots(&statuses, &bundle.name, &roots) {
+                drop(statuses);
+                self.fail(bundle, FailureKind::Roots, None, message);
                 return None;
             }
             let activation = activation(bundle, metadata, roots, path, file, Source::Disk);
-            active.insert(bundle.name.clone(), activation.clone());
-            drop(active);
+            let status = statuses
+                .get_mut(&bundle.name)
+                .expect("every bundle has a status");
+            status.activated(activation.clone(), SystemTime::now());
+            drop(statuses);
             self.announce_activation(&activation);
             return Some(activation);
         }
@@ -816,6 +991,15 @@ impl Shared {
         }
         None
     }
+}
+
+/// What a commit did with a downloaded bundle.
+enum Committed {
+    /// It is the active bundle now.
+    Activated(Activation),
+    /// Its bytes were the active bundle's: that stays active, with the
+    /// etag the service gave them this time.
+    Unchanged(Activation),
 }
 
 /// Why a downloaded bundle was not activated.
@@ -850,11 +1034,15 @@ fn activation(
 /// OPA's rule across bundles: no two active bundles may own overlapping
 /// roots. Says which roots of which bundles collide.
 fn check_roots(
-    active: &HashMap<String, Activation>,
+    statuses: &HashMap<String, BundleStatus>,
     name: &str,
     roots: &[String],
 ) -> Result<(), String> {
-    let mut others: Vec<_> = active.values().filter(|a| a.bundle != name).collect();
+    let mut others: Vec<_> = statuses
+        .values()
+        .filter_map(|s| s.active.as_ref())
+        .filter(|a| a.bundle != name)
+        .collect();
     others.sort_by(|a, b| a.bundle.cmp(&b.bundle));
     for other in others {
         for mine in roots {
@@ -879,8 +1067,20 @@ fn validate_file(
 ) -> Result<(BundleSummary, String, u64, File), BundleError> {
     let file = File::open(path).map_err(BundleError::Io)?;
     let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, &file));
-    let summary = bundle::validate_with(&mut reader, limits, verification)?;
+    let first = bundle::validate_stream(&mut reader, limits, verification)?;
     reader.drain().map_err(BundleError::Io)?;
     let (sha256, size) = reader.finish();
+    // A second look, only if a data rule needs one, through its own handle.
+    let summary = first.finish(|| File::open(path))?;
     Ok((summary, sha256, size, file))
+}
+
+/// Whether a not-modified answer to a long poll came late enough to show
+/// the server held it (see [`LONG_POLL_MIN_HOLD`]).
+fn held_long_enough(bundle: &Bundle, took: Duration) -> bool {
+    let asked = bundle
+        .polling
+        .long_polling_timeout
+        .unwrap_or(LONG_POLL_MIN_HOLD);
+    took >= LONG_POLL_MIN_HOLD.min(asked / 2)
 }

@@ -139,6 +139,15 @@ impl std::fmt::Display for FailureKind {
 }
 
 impl FetchError {
+    /// The HTTP status the service answered with, where the fetcher
+    /// reported one.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            FetchError::Fetcher { http_status, .. } => *http_status,
+            _ => None,
+        }
+    }
+
     /// The kind of failure, for logs, events and status.
     pub fn kind(&self) -> FailureKind {
         match self {
@@ -329,10 +338,10 @@ fn consume(
         ended: false,
         copy_to: Some(to_writer),
     };
-    let validated = bundle::validate_with(&mut input, limits, verification).and_then(|summary| {
+    let validated = bundle::validate_stream(&mut input, limits, verification).and_then(|first| {
         // Whatever follows the archive is part of the file and its digest.
         io::copy(&mut input, &mut io::sink()).map_err(BundleError::Io)?;
-        Ok(summary)
+        Ok(first)
     });
     let ended = input.ended;
     // Closing the copy lets the writer finish.
@@ -340,13 +349,21 @@ fn consume(
     let written = writer
         .join()
         .map_err(|_| Consumed::Io(io::Error::other("the bundle writer thread panicked")))?;
-    let summary = match validated {
-        Ok(summary) => summary,
+    let first = match validated {
+        Ok(first) => first,
         Err(BundleError::Io(e)) => return Err(Consumed::Io(e)),
         Err(e) if ended => return Err(Consumed::Incomplete(e)),
         Err(e) => return Err(Consumed::Refused(e)),
     };
     let (file, sha256, size) = written.map_err(Consumed::Io)?;
+    // The rules the streamed pass could not decide (overlapping data
+    // files) get a second look at the temp file, read through its own
+    // handle; most bundles need none.
+    let summary = match first.finish(|| file.reopen()) {
+        Ok(summary) => summary,
+        Err(BundleError::Io(e)) => return Err(Consumed::Io(e)),
+        Err(e) => return Err(Consumed::Incomplete(e)),
+    };
     Ok((file, summary, sha256, size))
 }
 

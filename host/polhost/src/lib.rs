@@ -41,13 +41,17 @@ mod agent;
 mod download;
 mod fetcher;
 mod inspect;
+mod metrics;
 #[cfg(feature = "oci")]
 mod oci;
+mod private_dir;
 mod runtime;
 mod sandbox;
 mod schedule;
-pub mod serve;
+#[cfg(feature = "server")]
+pub mod server;
 mod source;
+mod status;
 mod store;
 pub mod wit;
 
@@ -68,3 +72,4 @@ pub use inspect::{Inspection, inspect, load_component};
 pub use runtime::{Limits, RuntimeError, engine};
 pub use sandbox::{Grant, Origin, OriginPolicy};
 pub use source::SourceError;
+pub use status::{BundleStatus, Failure};

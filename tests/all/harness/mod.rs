@@ -12,6 +12,7 @@ pub mod fake_gcs;
 pub mod gcp_identity;
 pub mod moto;
 pub mod nginx;
+pub mod opa;
 pub mod registry;
 pub mod token;
 

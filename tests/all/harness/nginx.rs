@@ -54,6 +54,10 @@ pub struct NginxOptions {
     /// access log counts the bytes that server sent. `bearer` and
     /// `redirects` locations still answer first.
     pub proxy_to: Option<String>,
+    /// Raw directives added to the server block, before the other
+    /// locations: bytes, since a header value a test sends (an `ETag` with
+    /// obs-text) need not be UTF-8.
+    pub server_directives: Vec<u8>,
 }
 
 /// One request from the access log.
@@ -286,6 +290,14 @@ impl Nginx {
                 quote(&slash(path)),
                 quote(target),
             ));
+        }
+        if !self.opts.server_directives.is_empty() {
+            let extra = d.join("server.conf");
+            fs::write(&extra, &self.opts.server_directives).expect("write server.conf");
+            locations.insert_str(
+                0,
+                &format!("        include {};\n", quote(&extra.to_string_lossy())),
+            );
         }
         if let Some(origin) = &self.opts.proxy_to {
             locations.push_str(&format!(

@@ -16,12 +16,14 @@
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use crate::private_dir::{self, Kind};
 
 /// A directory of compiled components and pulled component bytes.
 pub(crate) struct ComponentCache {
@@ -96,11 +98,11 @@ impl ComponentCache {
     /// The entry `name`, `None` if absent; an error saying why the cache
     /// may not be trusted.
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
-        let euid = rustix::process::geteuid().as_raw();
+        let euid = private_dir::euid();
         match fs::symlink_metadata(&self.dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", self.dir.display())),
-            Ok(meta) => check_private(&self.dir, &meta, euid, true)?,
+            Ok(meta) => private_dir::check(&self.dir, (&meta).into(), euid, Kind::Directory)?,
         }
         let path = self.dir.join(name);
         // O_NOFOLLOW: a link planted as an entry is refused, not followed.
@@ -116,7 +118,7 @@ impl ComponentCache {
         let meta = file
             .metadata()
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        check_private(&path, &meta, euid, false)?;
+        private_dir::check(&path, (&meta).into(), euid, Kind::RegularFile)?;
         let mut bytes = Vec::with_capacity(meta.len() as usize);
         (&file)
             .read_to_end(&mut bytes)
@@ -131,9 +133,9 @@ impl ComponentCache {
             .mode(0o700)
             .create(&self.dir)
             .map_err(show)?;
-        let euid = rustix::process::geteuid().as_raw();
+        let euid = private_dir::euid();
         let meta = fs::symlink_metadata(&self.dir).map_err(show)?;
-        check_private(&self.dir, &meta, euid, true)?;
+        private_dir::check(&self.dir, (&meta).into(), euid, Kind::Directory)?;
         let mut temp = tempfile::Builder::new()
             .prefix(".tmp-")
             .permissions(fs::Permissions::from_mode(0o600))
@@ -145,38 +147,6 @@ impl ComponentCache {
             .map_err(|e| show(e.error))?;
         Ok(())
     }
-}
-
-/// Refuses anything another user could have written: a link, a file of
-/// the wrong kind, another owner, group or world write permission.
-fn check_private(path: &Path, meta: &fs::Metadata, euid: u32, dir: bool) -> Result<(), String> {
-    let kind_ok = if dir {
-        meta.file_type().is_dir()
-    } else {
-        meta.file_type().is_file()
-    };
-    if !kind_ok {
-        return Err(format!(
-            "{}: not a {} (a link or another kind of file): refused",
-            path.display(),
-            if dir { "directory" } else { "regular file" }
-        ));
-    }
-    if meta.uid() != euid {
-        return Err(format!(
-            "{}: owned by uid {}, not by polhost's user (uid {euid}): refused",
-            path.display(),
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{}: writable by group or others (mode {:o}): refused",
-            path.display(),
-            meta.mode() & 0o7777
-        ));
-    }
-    Ok(())
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -205,6 +175,8 @@ fn pulled_name(digest: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// The smallest valid component.
@@ -285,7 +257,7 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&cache_dir, &link).unwrap();
         let err = ComponentCache::new(link).read("x").unwrap_err();
-        assert!(err.contains("not a directory (a link"), "{err}");
+        assert!(err.contains("not a directory (a symbolic link)"), "{err}");
     }
 
     #[test]

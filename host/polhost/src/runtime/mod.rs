@@ -419,7 +419,9 @@ impl FetcherComponent {
             .map_err(|e| trap(e.into()))?;
         let borrowed = Resource::<DynOutputStream>::new_borrow(sink.rep());
         let call = async {
+            let started = std::time::Instant::now();
             let instance = self.pre.instantiate_async(&mut store).await?;
+            crate::metrics::instantiated(&self.name, started.elapsed());
             instance
                 .polhost_fetcher_fetch()
                 .call_fetch(&mut store, service, bundle, borrowed)

@@ -1,69 +1,36 @@
-//! Bundle server behind `polhost serve DIR`: serves `DIR/**/*.tar.gz` as OPA
-//! bundles over HTTP/1.1, with strong SHA-256 ETags and OPA long polling.
+//! `polhost serve DIR`: serves `DIR/**/*.tar.gz` as OPA bundles, speaking
+//! [`super::protocol`] over files.
 //!
 //! It only ever reads regular `.tar.gz` files that resolve inside DIR; it must
 //! not write to DIR, follow a path or symlink out of it, or hold a whole bundle
-//! in memory (bodies are streamed from the open file).
-//!
-//! ```no_run
-//! # async fn run() -> std::io::Result<()> {
-//! use tokio_util::sync::CancellationToken;
-//!
-//! let listener = tokio::net::TcpListener::bind(polhost::serve::DEFAULT_ADDR).await?;
-//! let shutdown = CancellationToken::new();
-//! // `GET /bundles/authz` now answers with `bundles/authz.tar.gz`.
-//! polhost::serve::serve("bundles".into(), listener, shutdown).await
-//! # }
-//! ```
+//! in memory (bodies are streamed from the open file). Digests are cached
+//! per file version, so a poll of an unchanged file hashes nothing.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::fs::{File, Metadata};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{debug, error, info, warn};
+
+use super::listen::{self, Handler};
+use super::protocol::{self, Body, BundleRequest, ETag, MAX_WAIT, Served, percent_decode};
 
 /// Address `polhost serve` listens on when none is given: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8282";
 
 /// Only files whose name ends with this are served.
 const BUNDLE_SUFFIX: &str = ".tar.gz";
-/// `Content-Type` of a plain bundle response.
-const GZIP: &str = "application/gzip";
-/// `Content-Type` that tells OPA's client the server supports long polling;
-/// OPA compares it for equality, so it carries no parameters.
-const OPA_BUNDLES: &str = "application/vnd.openpolicyagent.bundles";
-/// RFC 7240 request header carrying OPA's `wait=N`.
-const PREFER: &str = "prefer";
-/// Longest a long poll is held, whatever `Prefer: wait=` asks for.
-const MAX_WAIT: Duration = Duration::from_secs(300);
 /// How often a held long poll looks at the file's (len, mtime, inode).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How long connections may finish after shutdown before they are cut.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(750);
-/// Slowloris guard: a client must send its request head within this.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Size of one body frame read from the file.
-const CHUNK: usize = 128 * 1024;
 /// Read buffer used while hashing.
 const HASH_BUF: usize = 1024 * 1024;
 /// A file that changes under the hasher this many times in a row is an error.
@@ -82,7 +49,7 @@ const CACHE_LIMIT: usize = 4096;
 /// Returns an error only if `root` is not a readable directory. After
 /// `shutdown` it stops accepting, ends held long polls with `304`, and returns
 /// once open connections finish (they are cut after a short grace period).
-pub async fn serve(
+pub async fn serve_dir(
     root: PathBuf,
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -105,89 +72,14 @@ pub async fn serve(
         digests: Mutex::default(),
         shutdown: shutdown.clone(),
     });
-
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                log_join(joined);
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let span = info_span!("connection", %peer);
-                    connections.spawn(connection(stream, server.clone()).instrument(span));
-                }
-                Err(e) => {
-                    // Usually EMFILE or a connection reset before accept;
-                    // back off briefly instead of spinning.
-                    warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    drop(listener);
-
-    let drain = async {
-        while let Some(joined) = connections.join_next().await {
-            log_join(joined);
-        }
-    };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        warn!(
-            connections = connections.len(),
-            "cutting connections still open after shutdown"
-        );
-        connections.shutdown().await;
-    }
+    listen::serve_connections(listener, server, shutdown).await;
     info!("bundle server stopped");
     Ok(())
 }
 
-fn log_join(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined
-        && e.is_panic()
-    {
-        error!(error = %e, "connection task panicked");
-    }
-}
-
-/// Runs one HTTP/1.1 connection (keep-alive) until the client leaves or the
-/// server shuts down.
-async fn connection(stream: TcpStream, server: Arc<Server>) {
-    // Only small responses and big streamed bodies: Nagle buys nothing here.
-    let _ = stream.set_nodelay(true);
-    let shutdown = server.shutdown.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let server = server.clone();
-        let span = info_span!("request", method = %req.method(), path = req.uri().path());
-        async move {
-            let response = server.handle(req).await;
-            debug!(status = response.status().as_u16(), "answered");
-            Ok::<_, Infallible>(response)
-        }
-        .instrument(span)
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = shutdown.cancelled() => {
-            // Finish the request in flight (held long polls answer at once),
-            // then close; `serve` cuts us if this takes too long.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "connection ended with an error");
+impl Handler for Server {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        self.answer(req).await
     }
 }
 
@@ -270,58 +162,54 @@ impl Bundle {
     }
 }
 
-/// A strong entity tag: the SHA-256 of the content.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct ETag([u8; 32]);
-
-impl ETag {
-    fn header(self) -> HeaderValue {
-        let quoted = format!("\"{}\"", hex::encode(self.0));
-        HeaderValue::from_str(&quoted).expect("a quoted hex digest is a valid header value")
-    }
-}
-
 /// What a held long poll ended with.
 enum Waited {
     Changed(Bundle),
     Unchanged,
 }
 
+impl Bundle {
+    fn served(self) -> Served {
+        Served {
+            etag: ETag(self.digested.sha256),
+            len: self.digested.key.len,
+            label: self.path.display().to_string(),
+            reader: Box::new(self.file),
+        }
+    }
+}
+
 impl Server {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let head = match *req.method() {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => return method_not_allowed(),
+    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        let Some(request) = BundleRequest::parse(&req) else {
+            return protocol::method_not_allowed();
         };
         let uri_path = req.uri().path();
         let Some(rel) = request_file(uri_path) else {
             debug!(path = uri_path, "refused request path");
-            return not_found();
+            return protocol::not_found();
         };
-        let wait = prefer_wait(req.headers());
-        let if_none_match = IfNoneMatch::parse(req.headers());
-        let content_type = if wait.is_some() { OPA_BUNDLES } else { GZIP };
+        let content_type = request.content_type();
 
         let mut bundle = match self.open(&rel).await {
             Ok(bundle) => bundle,
             Err(miss) => return self.miss_response(&rel, miss, false),
         };
-        if if_none_match.matches(bundle.etag()) {
-            let etag = bundle.etag();
-            let Some(wait) = wait.filter(|w| !w.is_zero()) else {
-                return not_modified(etag, content_type);
+        let etag = bundle.etag();
+        if request.has(etag) {
+            let Some(wait) = request.hold_for(etag) else {
+                return protocol::not_modified(etag, content_type);
             };
             let path = bundle.path.clone();
             let key = bundle.digested.key;
             drop(bundle);
             match self.wait_for_change(&rel, path, key, etag, wait).await {
                 Ok(Waited::Changed(changed)) => bundle = changed,
-                Ok(Waited::Unchanged) => return not_modified(etag, content_type),
+                Ok(Waited::Unchanged) => return protocol::not_modified(etag, content_type),
                 Err(miss) => return self.miss_response(&rel, miss, true),
             }
         }
-        ok(bundle, head, content_type)
+        protocol::ok(bundle.served(), request.head, content_type)
     }
 
     /// Holds a long poll until the content at `rel` is no longer `held`,
@@ -424,15 +312,15 @@ impl Server {
         match miss {
             Miss::NotFound if was_there => {
                 warn!(path = %path.display(), "bundle disappeared during a long poll");
-                not_found()
+                protocol::not_found()
             }
             Miss::NotFound => {
                 debug!(path = %path.display(), "no such bundle");
-                not_found()
+                protocol::not_found()
             }
             Miss::Io(e) => {
                 error!(path = %path.display(), error = %e, "cannot serve bundle");
-                status_only(StatusCode::INTERNAL_SERVER_ERROR, "cannot read bundle\n")
+                protocol::status_only(StatusCode::INTERNAL_SERVER_ERROR, "cannot read bundle\n")
             }
         }
     }
@@ -534,240 +422,6 @@ fn request_file(uri_path: &str) -> Option<PathBuf> {
     Some(rel)
 }
 
-/// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.
-fn percent_decode(s: &str) -> Option<String> {
-    fn hex_digit(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hi = hex_digit(bytes.next()?)?;
-            let lo = hex_digit(bytes.next()?)?;
-            out.push(hi << 4 | lo);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The `wait=N` of any `Prefer` header, capped at [`MAX_WAIT`]. OPA sends
-/// `modes=snapshot,delta;wait=N`, whose comma is not valid RFC 7240 list
-/// syntax, so parameters are split on both `,` and `;`.
-fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get_all(PREFER)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split([',', ';']))
-        .find_map(|param| {
-            let (name, value) = param.split_once('=')?;
-            if !name.trim().eq_ignore_ascii_case("wait") {
-                return None;
-            }
-            let secs: u64 = value.trim().trim_matches('"').parse().ok()?;
-            Some(Duration::from_secs(secs).min(MAX_WAIT))
-        })
-}
-
-/// A parsed `If-None-Match`; tags are compared weakly (a `W/` prefix is
-/// ignored), as RFC 9110 requires for this header.
-#[derive(Debug, PartialEq, Eq)]
-enum IfNoneMatch {
-    Any,
-    /// Opaque tags without quotes; empty when the header is absent.
-    Tags(Vec<String>),
-}
-
-impl IfNoneMatch {
-    fn parse(headers: &HeaderMap) -> Self {
-        let mut tags = Vec::new();
-        for value in headers.get_all(header::IF_NONE_MATCH) {
-            let Ok(mut rest) = value.to_str() else {
-                continue;
-            };
-            loop {
-                rest = rest.trim_start_matches([' ', '\t', ',']);
-                if rest.is_empty() {
-                    break;
-                }
-                if rest.starts_with('*') {
-                    return Self::Any;
-                }
-                let tag = rest.strip_prefix("W/").unwrap_or(rest);
-                if let Some(quoted) = tag.strip_prefix('"') {
-                    let Some(end) = quoted.find('"') else {
-                        break; // Unterminated: ignore the rest.
-                    };
-                    tags.push(quoted[..end].to_owned());
-                    rest = &quoted[end + 1..];
-                } else {
-                    // Lenient: an unquoted tag runs to the next comma.
-                    let end = tag.find(',').unwrap_or(tag.len());
-                    tags.push(tag[..end].trim().to_owned());
-                    rest = &tag[end..];
-                }
-            }
-        }
-        Self::Tags(tags)
-    }
-
-    fn matches(&self, etag: ETag) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Tags(tags) => {
-                let hex = hex::encode(etag.0);
-                tags.contains(&hex)
-            }
-        }
-    }
-}
-
-fn ok(bundle: Bundle, head: bool, content_type: &'static str) -> Response<Body> {
-    let etag = bundle.etag();
-    let len = bundle.digested.key.len;
-    let body = if head {
-        Body::Empty
-    } else {
-        Body::File(FileBody {
-            file: tokio::fs::File::from_std(bundle.file),
-            remaining: len,
-            buf: BytesMut::new(),
-            path: bundle.path,
-        })
-    };
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    headers.insert(header::ETAG, etag.header());
-    response
-}
-
-fn not_modified(etag: ETag, content_type: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::Empty);
-    *response.status_mut() = StatusCode::NOT_MODIFIED;
-    let headers = response.headers_mut();
-    headers.insert(header::ETAG, etag.header());
-    // Only long polls say this on a 304: it is what keeps OPA long polling.
-    if content_type == OPA_BUNDLES {
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(OPA_BUNDLES));
-    }
-    response
-}
-
-fn not_found() -> Response<Body> {
-    status_only(StatusCode::NOT_FOUND, "not found\n")
-}
-
-fn method_not_allowed() -> Response<Body> {
-    let mut response = status_only(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    response
-}
-
-fn status_only(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::Text(Some(Bytes::from_static(text.as_bytes()))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// Response body: nothing, a short text, or a file streamed in chunks.
-enum Body {
-    Empty,
-    Text(Option<Bytes>),
-    File(FileBody),
-}
-
-/// Streams exactly `remaining` bytes of an open file; a file that turns out
-/// shorter is an error (the response would not match its `Content-Length`).
-struct FileBody {
-    file: tokio::fs::File,
-    remaining: u64,
-    buf: BytesMut,
-    path: PathBuf,
-}
-
-impl FileBody {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        if self.remaining == 0 {
-            return Poll::Ready(None);
-        }
-        let want = usize::try_from(self.remaining).map_or(CHUNK, |r| r.min(CHUNK));
-        if self.buf.len() < want {
-            self.buf.resize(want, 0);
-        }
-        let mut read = ReadBuf::new(&mut self.buf[..want]);
-        if let Err(e) = ready!(Pin::new(&mut self.file).poll_read(cx, &mut read)) {
-            warn!(path = %self.path.display(), error = %e, "reading bundle failed mid-response");
-            self.remaining = 0;
-            return Poll::Ready(Some(Err(e)));
-        }
-        let n = read.filled().len();
-        if n == 0 {
-            warn!(
-                path = %self.path.display(),
-                missing = self.remaining,
-                "bundle shrank while being sent"
-            );
-            self.remaining = 0;
-            return Poll::Ready(Some(Err(io::Error::new(
-                ErrorKind::UnexpectedEof,
-                "bundle shrank while being sent",
-            ))));
-        }
-        self.remaining -= n as u64;
-        Poll::Ready(Some(Ok(self.buf.split_to(n).freeze())))
-    }
-}
-
-impl http_body::Body for Body {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        match self.get_mut() {
-            Body::Empty => Poll::Ready(None),
-            Body::Text(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            Body::File(file) => file
-                .poll_chunk(cx)
-                .map(|chunk| chunk.map(|r| r.map(Frame::data))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Body::Empty => true,
-            Body::Text(text) => text.is_none(),
-            Body::File(file) => file.remaining == 0,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Body::Empty => SizeHint::with_exact(0),
-            Body::Text(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
-            Body::File(file) => SizeHint::with_exact(file.remaining),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -776,7 +430,10 @@ mod tests {
     use std::time::Instant as StdInstant;
 
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpStream;
     use tokio::task::JoinHandle;
+
+    use crate::server::protocol::{CHUNK, GZIP, OPA_BUNDLES};
 
     /// A server on 127.0.0.1:0 over `<tmp>/root`; `<tmp>` also holds files
     /// outside the root that must never be served.
@@ -794,7 +451,11 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve(dir.path().join("root"), listener, shutdown.clone()));
+            let task = tokio::spawn(serve_dir(
+                dir.path().join("root"),
+                listener,
+                shutdown.clone(),
+            ));
             Self {
                 addr,
                 dir,
@@ -1343,60 +1004,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
 
-        let result = serve(dir.path().join("nope"), listener, CancellationToken::new()).await;
+        let result = serve_dir(dir.path().join("nope"), listener, CancellationToken::new()).await;
 
         assert_eq!(result.unwrap_err().kind(), ErrorKind::NotFound);
-    }
-
-    #[test]
-    fn prefer_wait_accepts_opa_forms_and_caps() {
-        let wait = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(PREFER, HeaderValue::from_str(value).unwrap());
-            prefer_wait(&headers)
-        };
-        assert_eq!(
-            wait("modes=snapshot;wait=10"),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(
-            wait("modes=snapshot,delta;wait=7"),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            wait("modes=snapshot, delta; wait = 5"),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(wait("wait=\"3\""), Some(Duration::from_secs(3)));
-        assert_eq!(wait("WAIT=2"), Some(Duration::from_secs(2)));
-        assert_eq!(wait("modes=snapshot;wait=9999"), Some(MAX_WAIT));
-        assert_eq!(wait("modes=snapshot;wait=0"), Some(Duration::ZERO));
-        assert_eq!(wait("modes=snapshot"), None);
-        assert_eq!(wait("modes=snapshot;wait=-1"), None);
-        assert_eq!(wait("modes=snapshot;wait=soon"), None);
-        assert_eq!(wait("respond-async"), None);
-        assert_eq!(prefer_wait(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn if_none_match_parses_lists_weak_tags_and_star() {
-        let parse = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::IF_NONE_MATCH, HeaderValue::from_str(value).unwrap());
-            IfNoneMatch::parse(&headers)
-        };
-        let tags = |t: &[&str]| IfNoneMatch::Tags(t.iter().map(|s| s.to_string()).collect());
-        assert_eq!(parse("\"ab\""), tags(&["ab"]));
-        assert_eq!(parse("W/\"ab\", \"c,d\" ,\"\""), tags(&["ab", "c,d", ""]));
-        assert_eq!(parse("bare, \"q\""), tags(&["bare", "q"]));
-        assert_eq!(parse("\"ab\", \"unterminated"), tags(&["ab"]));
-        assert_eq!(parse("*"), IfNoneMatch::Any);
-        assert_eq!(IfNoneMatch::parse(&HeaderMap::new()), tags(&[]));
-
-        let etag = ETag([0xab; 32]);
-        assert!(parse(&format!("W/\"{}\"", hex::encode([0xab; 32]))).matches(etag));
-        assert!(!parse("\"ab\"").matches(etag));
-        assert!(!IfNoneMatch::parse(&HeaderMap::new()).matches(etag));
     }
 
     #[test]
