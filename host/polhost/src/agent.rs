@@ -863,7 +863,13 @@ impl Shared {
         }
     }
 
+    /// After the status records `activation`: metrics and waiters first,
+    /// then the log line and the event, as for [`Self::fail`].
     fn announce_activation(&self, activation: &Activation) {
+        metrics::activated(&activation.bundle);
+        if let Some(watch) = self.watches.get(&activation.bundle) {
+            watch.send_replace(Some(activation.clone()));
+        }
         info!(
             revision = %activation.revision,
             size = activation.size,
@@ -872,15 +878,12 @@ impl Shared {
             path = %activation.path.display(),
             "bundle activated"
         );
-        metrics::activated(&activation.bundle);
-        if let Some(watch) = self.watches.get(&activation.bundle) {
-            watch.send_replace(Some(activation.clone()));
-        }
         self.announce(Event::Activated(activation.clone()));
     }
 
+    /// Records a failed poll: state (status, metrics) first, then the log
+    /// line and the event, so whoever reacts to either reads the failure.
     fn fail(&self, bundle: &Bundle, kind: FailureKind, http_code: Option<u16>, message: String) {
-        error!(kind = kind.as_str(), "bundle download failed: {message}");
         let fetcher = self
             .services
             .get(&bundle.service)
@@ -895,6 +898,7 @@ impl Shared {
                 at: SystemTime::now(),
             })
         });
+        error!(kind = kind.as_str(), "bundle download failed: {message}");
         self.announce(Event::Failed {
             bundle: bundle.name.clone(),
             service: bundle.service.clone(),
