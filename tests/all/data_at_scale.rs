@@ -15,6 +15,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 
 use crate::harness::nginx::{Nginx, NginxOptions};
+use crate::harness::reap;
 
 const TARGET_RSS_KIB: i64 = 64 * 1024;
 
@@ -189,22 +190,7 @@ pub fn run_once(polhost: &Path, root: &Path, url: &str, resource: &str) -> (bool
         .stderr(File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our unreaped child; the pointers are valid.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        assert_eq!(
-            io::Error::last_os_error().kind(),
-            io::ErrorKind::Interrupted
-        );
-    }
-    drop(child);
+    let (status, usage) = reap(child).expect("waiting for polhost");
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     let _ = fs::remove_dir_all(&state);
     (

@@ -147,6 +147,17 @@ impl Api {
         }
     }
 
+    /// nginx serving bundle `revision` as `authz.tar.gz` (its root, to
+    /// publish the next one), and the API over an agent that has activated
+    /// it.
+    async fn serving_authz(revision: &str, options: ApiOptions) -> (Api, Nginx, tempfile::TempDir) {
+        let (nginx, root) = remote();
+        publish(&root.path().join("authz.tar.gz"), &bundle(revision), 0);
+        let api = Api::start(&config(&nginx.url(), &[("authz", "authz.tar.gz")]), options).await;
+        assert_eq!(api.agent.run_once().await, 0);
+        (api, nginx, root)
+    }
+
     fn persisted(&self, bundle: &str) -> Vec<u8> {
         std::fs::read(
             self.state
@@ -172,14 +183,7 @@ fn quoted_sha256(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn bundles_serves_the_persisted_bytes_with_etag_and_304() {
-    let (nginx, root) = remote();
-    publish(&root.path().join("authz.tar.gz"), &bundle("v1"), 0);
-    let api = Api::start(
-        &config(&nginx.url(), &[("authz", "authz.tar.gz")]),
-        ApiOptions::default(),
-    )
-    .await;
-    assert_eq!(api.agent.run_once().await, 0);
+    let (api, _nginx, _root) = Api::serving_authz("v1", ApiOptions::default()).await;
     let persisted = api.persisted("authz");
     let etag = quoted_sha256(&persisted);
 
@@ -230,15 +234,8 @@ async fn bundles_serves_the_persisted_bytes_with_etag_and_304() {
 
 #[tokio::test]
 async fn a_long_poll_answers_within_a_second_of_the_next_activation() {
-    let (nginx, root) = remote();
+    let (api, _nginx, root) = Api::serving_authz("v1", ApiOptions::default()).await;
     let file = root.path().join("authz.tar.gz");
-    publish(&file, &bundle("v1"), 0);
-    let api = Api::start(
-        &config(&nginx.url(), &[("authz", "authz.tar.gz")]),
-        ApiOptions::default(),
-    )
-    .await;
-    assert_eq!(api.agent.run_once().await, 0);
     let etag = quoted_sha256(&api.persisted("authz"));
 
     // Nothing changes: the wait ends with OPA's 304.
@@ -294,14 +291,7 @@ async fn a_long_poll_answers_within_a_second_of_the_next_activation() {
 
 #[tokio::test]
 async fn bundle_names_are_percent_decoded() {
-    let (nginx, root) = remote();
-    publish(&root.path().join("authz.tar.gz"), &bundle("t1"), 0);
-    let api = Api::start(
-        &config(&nginx.url(), &[("authz", "authz.tar.gz")]),
-        ApiOptions::default(),
-    )
-    .await;
-    assert_eq!(api.agent.run_once().await, 0);
+    let (api, _nginx, _root) = Api::serving_authz("t1", ApiOptions::default()).await;
     let persisted = api.persisted("authz");
 
     let reply = get(api.addr, "/bundles/%61uthz").await;
@@ -558,14 +548,11 @@ async fn v1_status_has_opa_fields_for_an_active_and_a_failing_bundle() {
 
 #[tokio::test]
 async fn a_token_is_required_on_every_endpoint_when_set() {
-    let (nginx, root) = remote();
-    publish(&root.path().join("authz.tar.gz"), &bundle("v1"), 0);
-    let api = Api::start(
-        &config(&nginx.url(), &[("authz", "authz.tar.gz")]),
+    let (api, _nginx, _root) = Api::serving_authz(
+        "v1",
         ApiOptions::default().token(Secret::new("s3cr3t-api".into())),
     )
     .await;
-    assert_eq!(api.agent.run_once().await, 0);
 
     for path in [
         "/bundles/authz",

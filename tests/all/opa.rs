@@ -216,6 +216,18 @@ fn nginx_remote(root: &Path, bundle_extra: &str, extra: &str) -> (Nginx, String)
     (nginx, cfg)
 }
 
+/// polhost on an nginx remote, with revision v1 of `bundles/authz.tar.gz`
+/// activated; the remote and that file, to publish the next revision to.
+fn polhost_with_v1_from_nginx(work: &Workdir) -> (Nginx, PathBuf, Local) {
+    let root = work.path().join("www");
+    let (nginx, cfg) = nginx_remote(&root, "", "");
+    let served = root.join("bundles/authz.tar.gz");
+    publish(&served, &policy_bundle("v1"), 0);
+    let local = Local::start(&work.config(&cfg), &[]);
+    local.polhost.wait_for_activation("v1", "Download");
+    (nginx, served, local)
+}
+
 /// OPA on polhost's `bundles/authz`: polling delays of 60-120 s, long
 /// polls held up to 30 s.
 fn opa_on(local: &Local) -> Opa {
@@ -291,22 +303,18 @@ fn opa_gets_the_revision_polhost_activated_and_answers_from_its_policy() {
 #[test]
 fn new_revision_at_nginx_reaches_opa_within_2s_by_long_polling() {
     let work = Workdir::new();
-    let root = work.path().join("www");
-    let (_nginx, cfg) = nginx_remote(&root, "", "");
-    publish(&root.join("bundles/authz.tar.gz"), &policy_bundle("v1"), 0);
-    let local = Local::start(&work.config(&cfg), &[]);
-    local.polhost.wait_for_activation("v1", "Download");
+    let (_nginx, served, local) = polhost_with_v1_from_nginx(&work);
     let opa = opa_on(&local);
     opa.wait_for_revision("authz", "v1", PATIENCE);
     wait_for_opa_requests(&opa, 2);
 
     let changed = Instant::now();
-    publish(&root.join("bundles/authz.tar.gz"), &policy_bundle("v2"), 10);
+    publish(&served, &policy_bundle("v2"), 10);
     assert_reached_opa_in_time(&opa, &local, "v2", changed);
     // And again, on the next held request.
     wait_for_opa_requests(&opa, 3);
     let changed = Instant::now();
-    publish(&root.join("bundles/authz.tar.gz"), &policy_bundle("v3"), 20);
+    publish(&served, &policy_bundle("v3"), 20);
     assert_reached_opa_in_time(&opa, &local, "v3", changed);
 }
 
@@ -725,11 +733,7 @@ fn health_status_and_metrics_agree_with_opa_field_by_field() {
 #[test]
 fn ten_opas_long_polling_one_polhost_all_get_the_change() {
     let work = Workdir::new();
-    let root = work.path().join("www");
-    let (_nginx, cfg) = nginx_remote(&root, "", "");
-    publish(&root.join("bundles/authz.tar.gz"), &policy_bundle("v1"), 0);
-    let local = Local::start(&work.config(&cfg), &[]);
-    local.polhost.wait_for_activation("v1", "Download");
+    let (_nginx, served, local) = polhost_with_v1_from_nginx(&work);
     let opas: Vec<Opa> = (0..10).map(|_| opa_on(&local)).collect();
     for opa in &opas {
         opa.wait_for_revision("authz", "v1", PATIENCE);
@@ -737,7 +741,7 @@ fn ten_opas_long_polling_one_polhost_all_get_the_change() {
     }
 
     let changed = Instant::now();
-    publish(&root.join("bundles/authz.tar.gz"), &policy_bundle("v2"), 10);
+    publish(&served, &policy_bundle("v2"), 10);
     let mut took = Vec::new();
     for opa in &opas {
         opa.wait_for_revision("authz", "v2", PATIENCE);

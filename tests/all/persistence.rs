@@ -35,23 +35,28 @@ fn offline_config(work: &Workdir) -> std::path::PathBuf {
     path
 }
 
-fn online(work: &Workdir, server: &Nginx) -> std::path::PathBuf {
-    work.config(&format!(
+/// nginx serving `first` as `bundles/authz.tar.gz`, and a config that
+/// persists it and polls every second: the server, the served file (to
+/// publish the next revision to) and the config's path.
+fn online(work: &Workdir, first: &[u8]) -> (Nginx, std::path::PathBuf, std::path::PathBuf) {
+    let root = work.path().join("www");
+    let served = root.join("bundles/authz.tar.gz");
+    publish(&served, first, 0);
+    let server = Nginx::start(NginxOptions {
+        root,
+        ..NginxOptions::default()
+    });
+    let cfg = work.config(&format!(
         "services:\n  web:\n    url: {}\nbundles:\n  authz:\n    resource: bundles/authz.tar.gz\n    persist: true\n    polling:\n      min_delay_seconds: 1\n      max_delay_seconds: 1\n",
         server.url()
-    ))
+    ));
+    (server, served, cfg)
 }
 
 #[test]
 fn bit_rot_in_the_persisted_bundle_is_refused_at_start_and_downloaded_again() {
     let work = Workdir::new();
-    let root = work.path().join("www");
-    publish(&root.join("bundles/authz.tar.gz"), &bundle("v1"), 0);
-    let server = Nginx::start(NginxOptions {
-        root: root.clone(),
-        ..NginxOptions::default()
-    });
-    let cfg = online(&work, &server);
+    let (_server, _, cfg) = online(&work, &bundle("v1"));
     let first = polhost(&["run", "--once", cfg.to_str().unwrap()], &[]);
     assert!(first.status.success(), "{}", first.stderr);
     let good = fs::read(work.persisted("authz")).unwrap();
@@ -87,14 +92,7 @@ fn bit_rot_in_the_persisted_bundle_is_refused_at_start_and_downloaded_again() {
 #[test]
 fn mismatched_metadata_falls_back_to_the_previous_pair() {
     let work = Workdir::new();
-    let root = work.path().join("www");
-    let served = root.join("bundles/authz.tar.gz");
-    publish(&served, &bundle("v1"), 0);
-    let server = Nginx::start(NginxOptions {
-        root: root.clone(),
-        ..NginxOptions::default()
-    });
-    let cfg = online(&work, &server);
+    let (_server, served, cfg) = online(&work, &bundle("v1"));
     assert!(
         polhost(&["run", "--once", cfg.to_str().unwrap()], &[])
             .status
@@ -130,8 +128,6 @@ fn mismatched_metadata_falls_back_to_the_previous_pair() {
 #[test]
 fn sigkill_while_persisting_leaves_the_old_or_the_new_bundle() {
     let work = Workdir::new();
-    let root = work.path().join("www");
-    let served = root.join("bundles/authz.tar.gz");
     // Two large bundles of different sizes (distinct nginx etags).
     let a = big_bundle("A", 24, 1);
     let b = big_bundle("B", 25, 2);
@@ -140,12 +136,7 @@ fn sigkill_while_persisting_leaves_the_old_or_the_new_bundle() {
         hex::encode(sha2::Sha256::digest(bytes))
     };
     let (sha_a, sha_b) = (sha(&a), sha(&b));
-    publish(&served, &a, 0);
-    let server = Nginx::start(NginxOptions {
-        root: root.clone(),
-        ..NginxOptions::default()
-    });
-    let cfg = online(&work, &server);
+    let (_server, served, cfg) = online(&work, &a);
     let offline = offline_config(&work);
 
     // The first download, timed: kills land across a window this long.
@@ -234,13 +225,7 @@ fn refused_at_start(cfg: &std::path::Path, needles: &[&str]) -> String {
 fn a_symlink_planted_in_the_persistence_directory_is_refused_not_followed() {
     use std::os::unix::fs::{PermissionsExt, symlink};
     let work = Workdir::new();
-    let root = work.path().join("www");
-    publish(&root.join("bundles/authz.tar.gz"), &bundle("v1"), 0);
-    let server = Nginx::start(NginxOptions {
-        root: root.clone(),
-        ..NginxOptions::default()
-    });
-    let cfg = online(&work, &server);
+    let (_server, _, cfg) = online(&work, &bundle("v1"));
     let state = work.state();
     let bundles = state.join("bundles");
     // What another user's link points at: a directory polhost must neither
@@ -345,14 +330,7 @@ fn a_symlink_planted_in_the_persistence_directory_is_refused_not_followed() {
 fn a_bundle_directory_swapped_for_a_symlink_while_running_fails_the_download_and_keeps_the_bundle()
 {
     let work = Workdir::new();
-    let root = work.path().join("www");
-    let served = root.join("bundles/authz.tar.gz");
-    publish(&served, &bundle("v1"), 0);
-    let server = Nginx::start(NginxOptions {
-        root: root.clone(),
-        ..NginxOptions::default()
-    });
-    let cfg = online(&work, &server);
+    let (_server, served, cfg) = online(&work, &bundle("v1"));
     let polhost = Polhost::spawn(&["run", cfg.to_str().unwrap()], &[]);
     polhost.wait_for_activation("v1", "Download");
     let v1 = fs::read(work.persisted("authz")).unwrap();

@@ -606,28 +606,10 @@ fn measure_output(mut cmd: Command) -> Result<(Measured, String)> {
     Ok((reap(child, started)?, out))
 }
 
-/// Waits for `child` with `wait4`, which reports the rusage of that child
-/// alone (std's `wait` does not).
+/// Waits for `child` (see [`harness::reap`]) and measures it.
 fn reap(child: Child, started: Instant) -> Result<Measured> {
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our unreaped child; the pointers are valid.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if r == -1 && e.kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        return Err(format!("wait4({pid}): {e}"));
-    }
+    let (status, usage) = harness::reap(child).map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
-    // The child is reaped; dropping the handle neither waits nor kills.
-    drop(child);
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(Measured {
         secs,

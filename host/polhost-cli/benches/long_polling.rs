@@ -50,7 +50,7 @@ use harness::opa::{
     Opa, OpaConfig, cpu_ticks, http_get, parse_response, peak_rss_kib, rfc3339_unix_nanos, rss_kib,
     ticks_per_second,
 };
-use harness::{free_port, port_open, spawn_tied, terminate};
+use harness::{free_port, port_open, spawn_tied, tar_gz, terminate};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -143,21 +143,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         terminate(&mut self.child, libc::SIGTERM, Duration::from_secs(5));
     }
-}
-
-fn tar_gz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        builder
-            .append_data(&mut header, path, content.as_slice())
-            .unwrap();
-    }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&builder.into_inner().unwrap()).unwrap();
-    gz.finish().unwrap()
 }
 
 fn bundle(revision: &str) -> Vec<u8> {

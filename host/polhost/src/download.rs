@@ -362,7 +362,9 @@ fn consume(
     let summary = match first.finish(|| file.reopen()) {
         Ok(summary) => summary,
         Err(BundleError::Io(e)) => return Err(Consumed::Io(e)),
-        Err(e) => return Err(Consumed::Incomplete(e)),
+        // The file is whole here: what the second look finds is the
+        // bundle's fault, not a cut transfer's.
+        Err(e) => return Err(Consumed::Refused(e)),
     };
     Ok((file, summary, sha256, size))
 }

@@ -116,6 +116,48 @@ pub fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
     reply_rx.recv().expect("harness spawner thread is gone")
 }
 
+/// A gzipped tar of `(path, content)` regular files: the bundles the tests
+/// and benchmarks publish.
+pub fn tar_gz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, path, content.as_slice())
+            .unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&builder.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Waits for `child` with `wait4`, which reports the rusage of that child
+/// alone (std's `wait` does not): its wait status and its rusage.
+pub fn reap(child: Child) -> io::Result<(libc::c_int, libc::rusage)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our unreaped child; the pointers are valid.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if r == -1 && e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(io::Error::new(e.kind(), format!("wait4({pid}): {e}")));
+    }
+    // The child is reaped; dropping the handle neither waits nor kills.
+    drop(child);
+    Ok((status, usage))
+}
+
 /// Sends `signal` to a child started by [`spawn_tied`], waits up to `grace`
 /// for it to exit, then SIGKILLs its whole process group and reaps it.
 /// Does nothing (but reap) if the child already exited.

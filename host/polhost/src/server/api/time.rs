@@ -5,45 +5,23 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `t` as Go marshals a UTC `time.Time`: `2026-11-27T21:06:00.12Z`.
+/// humantime writes the date and nine digits of fraction; Go drops the
+/// trailing zeros, and the dot when the second is whole.
 pub(super) fn rfc3339_nano(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    let mut text = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    let nanos = since.subsec_nanos();
-    if nanos != 0 {
-        let fraction = format!("{nanos:09}");
-        text.push('.');
-        text.push_str(fraction.trim_end_matches('0'));
+    let text = humantime::format_rfc3339_nanos(t.max(UNIX_EPOCH)).to_string();
+    let (whole, fraction) = text
+        .trim_end_matches('Z')
+        .split_once('.')
+        .expect("humantime writes nanoseconds");
+    match fraction.trim_end_matches('0') {
+        "" => format!("{whole}Z"),
+        fraction => format!("{whole}.{fraction}Z"),
     }
-    text.push('Z');
-    text
 }
 
 /// Nanoseconds since the UNIX epoch (0 before it).
 pub(super) fn unix_nanos(t: SystemTime) -> u128 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
-}
-
-/// Howard Hinnant's `civil_from_days`: the proleptic Gregorian date of a
-/// day count since 1970-01-01 (non-negative here).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
