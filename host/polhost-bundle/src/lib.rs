@@ -22,6 +22,7 @@ mod data;
 mod digest;
 mod keys;
 mod manifest;
+mod paths;
 mod rules;
 mod secret;
 mod signing;

@@ -25,6 +25,7 @@ use flate2::read::MultiGzDecoder;
 
 use super::Manifest;
 use super::data::{DataFiles, SecondLook};
+use super::paths::{PathId, Paths};
 use super::rules;
 use super::signing::{self, FileDigests, Hashers, SignedFile, Verification};
 
@@ -362,7 +363,7 @@ pub fn validate_stream(
     let mut state = State {
         limits,
         summary: BundleSummary::default(),
-        seen: HashSet::new(),
+        paths: Paths::default(),
         packages: Vec::new(),
         data: DataFiles::default(),
         wasm_files: HashSet::new(),
@@ -419,8 +420,10 @@ struct State<'v> {
     signed: Option<BTreeMap<String, SignedFile>>,
     limits: ValidationLimits,
     summary: BundleSummary,
-    seen: HashSet<String>,
-    packages: Vec<(String, String)>,
+    /// Every entry's path, once (a second entry of one path is refused).
+    paths: Paths,
+    /// Each Rego module's package.
+    packages: Vec<(PathId, String)>,
     data: DataFiles,
     wasm_files: HashSet<String>,
 }
@@ -450,12 +453,12 @@ fn read_entries<R: Read>(
                 reason: format!("{what} are not allowed ({kind:?}; regular files only)"),
             });
         }
-        if !state.seen.insert(path.clone()) {
+        let Some(id) = state.paths.insert(&path) else {
             return Err(BundleError::Entry {
                 path: written,
                 reason: format!("duplicate path (another entry is also {path:?})"),
             });
-        }
+        };
         let size = entry.header().size().map_err(BundleError::Corrupt)?;
         if size > state.limits.file_size_limit {
             return Err(BundleError::FileTooLarge {
@@ -518,7 +521,7 @@ fn read_entries<R: Read>(
             Kind::Manifest => {
                 state.summary.manifest = Some(parse_json(&path, "manifest", &mut reader)?);
             }
-            Kind::Data => state.data.scan(&path, size, &mut reader)?,
+            Kind::Data => state.data.scan(&state.paths, id, size, &mut reader)?,
             Kind::Rego => {
                 let package = rules::read_package(&mut reader, PACKAGE_SEARCH_BYTES).map_err(
                     |e| match e {
@@ -530,7 +533,7 @@ fn read_entries<R: Read>(
                         },
                     },
                 )?;
-                state.packages.push((path.clone(), package));
+                state.packages.push((id, package));
             }
             Kind::Delta => {
                 return Err(BundleError::Rule {
@@ -614,7 +617,7 @@ impl State<'_> {
         for (file, package) in &self.packages {
             if !roots.iter().any(|r| rules::root_contains(r, package)) {
                 return Err(BundleError::Rule {
-                    path: file.clone(),
+                    path: self.paths.get(*file).to_string(),
                     message: format!(
                         "package {:?} is outside the manifest roots {roots:?}",
                         package.replace('/', ".")
@@ -642,8 +645,14 @@ impl State<'_> {
             }
         }
         self.check_signature()?;
-        if let Some(plan) = self.data.plan(&roots)? {
-            let mut look = SecondLook::new(&self.data, &plan, &roots, self.limits.max_data_keys);
+        if let Some(plan) = self.data.plan(&self.paths, &roots)? {
+            let mut look = SecondLook::new(
+                &self.data,
+                &self.paths,
+                &plan,
+                &roots,
+                self.limits.max_data_keys,
+            );
             for pass in [1, 2] {
                 if pass == 2 && !look.needs_second_pass() {
                     break;

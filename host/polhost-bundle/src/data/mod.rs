@@ -20,33 +20,30 @@
 mod look;
 pub mod sketch;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 
 use look::{Broken, Ctx, Held, Look, Want};
 use sketch::{Budget, Meet, RootsVerdict, Sketch, SketchSeed};
 
 use crate::BundleError;
+use crate::paths::{PathId, Paths};
 use crate::yaml::{self, YamlError};
 
-/// One data file, as the first look left it.
+/// One data file, as the first look left it. Small on purpose: a bundle
+/// may hold 100,000 of them, all held until the manifest (often last) says
+/// the roots.
 #[derive(Debug)]
 struct DataFile {
-    /// Its path in the bundle; the directory is what precedes the last `/`.
-    path: String,
+    path: PathId,
     size: u64,
     /// Dropped once the roots are checked.
     sketch: Option<Sketch>,
 }
 
-impl DataFile {
-    fn dir(&self) -> &str {
-        self.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
-    }
-
-    fn yaml(&self) -> bool {
-        !self.path.ends_with(".json")
-    }
+/// The directory of a data file's path: what precedes the last `/`.
+fn dir_of(path: &str) -> &str {
+    path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
 }
 
 fn segments(dir: &str) -> Vec<&str> {
@@ -64,11 +61,12 @@ pub struct DataFiles {
     budget: Budget,
 }
 
-/// What the second look must do for each data file (by index).
+/// What the second look must do, for the data files that need it.
 #[derive(Debug)]
 pub struct Plan {
     index: HashMap<String, usize>,
-    work: Vec<Work>,
+    /// By index in the bundle's data files; the others need nothing.
+    work: BTreeMap<usize, Work>,
 }
 
 #[derive(Debug, Default)]
@@ -81,113 +79,131 @@ struct Work {
     roots: bool,
 }
 
-impl Work {
-    fn needed(&self) -> bool {
-        self.want.is_some() || !self.partners.is_empty() || self.roots
-    }
-}
-
 impl DataFiles {
     /// The first look at data file `path` (`size` bytes), as it streams.
     pub fn scan(
         &mut self,
-        path: &str,
+        paths: &Paths,
+        path: PathId,
         size: u64,
         reader: &mut dyn BufRead,
     ) -> Result<(), BundleError> {
-        let file = DataFile {
-            path: path.to_string(),
-            size,
-            sketch: None,
-        };
-        let depth = segments(file.dir()).len();
+        let name = paths.get(path);
+        let depth = segments(dir_of(name)).len();
         let seed = SketchSeed {
             budget: &mut self.budget,
             depth,
         };
-        let sketch = parse(&file, reader, seed)?;
+        let sketch = parse(name, size, reader, seed)?;
         if depth == 0 && !sketch.is_object() {
             return Err(BundleError::Rule {
-                path: path.to_string(),
+                path: name.to_string(),
                 message: "a data file at the bundle root must hold an object".into(),
             });
         }
         self.files.push(DataFile {
+            path,
+            size,
             sketch: Some(sketch),
-            ..file
         });
         Ok(())
     }
 
     /// Checks what the first look can, and says what a second look must.
-    pub fn plan(&mut self, roots: &[String]) -> Result<Option<Plan>, BundleError> {
-        let mut work: Vec<Work> = (0..self.files.len()).map(|_| Work::default()).collect();
-        let mut by_dir: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, file) in self.files.iter().enumerate() {
-            by_dir.entry(file.dir()).or_default().push(i);
-        }
+    pub fn plan(&mut self, paths: &Paths, roots: &[String]) -> Result<Option<Plan>, BundleError> {
+        let dir = |i: usize| dir_of(paths.get(self.files[i].path));
+        // The files by directory (then size, so that within a directory
+        // the smaller file is held and the larger streamed): the files at
+        // one directory are a run found by binary search, without a map of
+        // strings.
+        let mut by_dir: Vec<usize> = (0..self.files.len()).collect();
+        by_dir.sort_by(|&a, &b| {
+            (dir(a), self.files[a].size, a).cmp(&(dir(b), self.files[b].size, b))
+        });
+        let at_dir = |wanted: &str| {
+            let start = by_dir.partition_point(|&i| dir(i) < wanted);
+            let end = start + by_dir[start..].partition_point(|&i| dir(i) == wanted);
+            &by_dir[start..end]
+        };
+        let mut work: BTreeMap<usize, Work> = BTreeMap::new();
         // Pairs of files whose directories overlap: (shallow, deep, the
         // deep one's directory relative to the shallow one's).
-        let mut pairs: Vec<(usize, usize, usize)> = Vec::new();
-        for (deep, file) in self.files.iter().enumerate() {
-            let dir = segments(file.dir());
-            for cut in 0..dir.len() {
-                let prefix = dir[..cut].join("/");
-                for &shallow in by_dir.get(prefix.as_str()).into_iter().flatten() {
-                    pairs.push((shallow, deep, cut));
+        for deep in 0..self.files.len() {
+            let deep_dir = dir(deep);
+            let depth = segments(deep_dir).len();
+            for cut in 0..depth {
+                let prefix = prefix(deep_dir, cut);
+                for &shallow in at_dir(prefix) {
+                    self.meet(paths, &mut work, shallow, deep, cut)?;
                 }
             }
-        }
-        for group in by_dir.values().filter(|g| g.len() > 1) {
-            // The smaller file of a directory is held, the larger streamed.
-            let mut group = group.clone();
-            group.sort_by_key(|&i| (self.files[i].size, i));
-            for (k, &shallow) in group.iter().enumerate() {
-                for &deep in &group[k + 1..] {
-                    let cut = segments(self.files[deep].dir()).len();
-                    pairs.push((shallow, deep, cut));
-                }
+            // The same directory: the files before it in the run.
+            let run = at_dir(deep_dir);
+            let me = run.iter().position(|&i| i == deep).expect("in its own run");
+            for &shallow in &run[..me] {
+                self.meet(paths, &mut work, shallow, deep, depth)?;
             }
         }
-        for (shallow, deep, cut) in pairs {
-            let (s, d) = (&self.files[shallow], &self.files[deep]);
-            let dir = segments(d.dir());
-            let mut at: Vec<String> = dir[..cut].iter().map(|s| (*s).to_string()).collect();
-            let (Some(s_sketch), Some(d_sketch)) = (&s.sketch, &d.sketch) else {
-                unreachable!("every file is scanned before the plan");
-            };
-            match sketch::meet(s_sketch, &dir[cut..], d_sketch, &mut at) {
-                Meet::Apart => {}
-                Meet::Conflict(at) => return Err(conflict(&d.path, &at)),
-                Meet::Undecided => {
-                    work[shallow]
-                        .want
-                        .get_or_insert_with(Want::default)
-                        .add(&dir[cut..]);
-                    work[deep].partners.push(shallow);
-                }
-            }
-        }
-        for (file, work) in self.files.iter_mut().zip(&mut work) {
+        for (i, file) in self.files.iter_mut().enumerate() {
             let sketch = file.sketch.take().expect("scanned");
-            let dir = file.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-            match sketch::check_roots(&segments(dir), &sketch, roots) {
+            let path = paths.get(file.path);
+            match sketch::check_roots(&segments(dir_of(path)), &sketch, roots) {
                 RootsVerdict::Fine => {}
-                RootsVerdict::Undecided => work.roots = true,
+                RootsVerdict::Undecided => work.entry(i).or_default().roots = true,
                 RootsVerdict::Outside(at) => return Err(outside(&at, roots)),
             }
         }
-        if !work.iter().any(Work::needed) {
+        if work.is_empty() {
             return Ok(None);
         }
-        let index = self
-            .files
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| work[*i].needed())
-            .map(|(i, f)| (f.path.clone(), i))
+        let index = work
+            .keys()
+            .map(|&i| (paths.get(self.files[i].path).to_string(), i))
             .collect();
         Ok(Some(Plan { index, work }))
+    }
+
+    /// Whether the data of `shallow` and `deep` (whose directory is `cut`
+    /// segments below the other's) can be told apart by their sketches.
+    fn meet(
+        &self,
+        paths: &Paths,
+        work: &mut BTreeMap<usize, Work>,
+        shallow: usize,
+        deep: usize,
+        cut: usize,
+    ) -> Result<(), BundleError> {
+        let (s, d) = (&self.files[shallow], &self.files[deep]);
+        let deep_path = paths.get(d.path);
+        let dir = segments(dir_of(deep_path));
+        let mut at: Vec<String> = dir[..cut].iter().map(|s| (*s).to_string()).collect();
+        let (Some(s_sketch), Some(d_sketch)) = (&s.sketch, &d.sketch) else {
+            unreachable!("every file is scanned before the plan");
+        };
+        match sketch::meet(s_sketch, &dir[cut..], d_sketch, &mut at) {
+            Meet::Apart => {}
+            Meet::Conflict(at) => return Err(conflict(deep_path, &at)),
+            Meet::Undecided => {
+                work.entry(shallow)
+                    .or_default()
+                    .want
+                    .get_or_insert_with(Want::default)
+                    .add(&dir[cut..]);
+                work.entry(deep).or_default().partners.push(shallow);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first `cut` segments of `dir`, as a slice of it.
+fn prefix(dir: &str, cut: usize) -> &str {
+    if cut == 0 {
+        return "";
+    }
+    match dir.match_indices('/').nth(cut - 1) {
+        Some((end, _)) => &dir[..end],
+        None => dir,
     }
 }
 
@@ -201,6 +217,7 @@ fn conflict(file: &str, at: &str) -> BundleError {
 /// The second look's state across its passes.
 pub struct SecondLook<'p> {
     files: &'p DataFiles,
+    paths: &'p Paths,
     plan: &'p Plan,
     roots: &'p [String],
     held: Held,
@@ -214,12 +231,14 @@ impl<'p> SecondLook<'p> {
     /// A second look per `plan`.
     pub fn new(
         files: &'p DataFiles,
+        paths: &'p Paths,
         plan: &'p Plan,
         roots: &'p [String],
         max_held_keys: u64,
     ) -> Self {
         SecondLook {
             files,
+            paths,
             plan,
             roots,
             held: Held::root(),
@@ -254,7 +273,8 @@ impl<'p> SecondLook<'p> {
             return Ok(());
         };
         let file = &self.files.files[i];
-        let work = &self.plan.work[i];
+        let path = self.paths.get(file.path);
+        let work = &self.plan.work[&i];
         let compare =
             !work.partners.is_empty() && (pass == 2 || work.partners.iter().all(|&p| p < i));
         if pass == 1 && !work.partners.is_empty() && !compare {
@@ -265,9 +285,9 @@ impl<'p> SecondLook<'p> {
         } else {
             (None, false)
         };
-        let dir = segments(file.dir());
+        let dir = segments(dir_of(path));
         let file_id = u32::try_from(i).unwrap_or(u32::MAX - 1);
-        let conflict = |at: String| conflict(&file.path, &at);
+        let conflict = |at: String| conflict(path, &at);
         // The file's directories are objects of its own: another file's
         // leaf on the way is a conflict there.
         let mut held = if compare { Some(&self.held) } else { None };
@@ -291,14 +311,14 @@ impl<'p> SecondLook<'p> {
             want,
             roots,
         };
-        let kept = parse(file, reader, seed);
+        let kept = parse(path, file.size, reader, seed);
         // The visitor stashes the rule it found broken in its context.
         let kept = match (kept, ctx.broken.take()) {
             (_, Some(Broken::Conflict(at))) => return Err(conflict(at)),
             (_, Some(Broken::Outside(at))) => return Err(outside(&at, self.roots)),
             (_, Some(Broken::TooManyKeys)) => {
                 return Err(BundleError::Rule {
-                    path: file.path.clone(),
+                    path: path.to_string(),
                     message: format!(
                         "checking its merge with the data files it overlaps needs more than {} object keys held (polhost.bundle.max_data_keys)",
                         self.max_held_keys
@@ -325,20 +345,20 @@ fn outside(at: &str, roots: &[String]) -> BundleError {
 }
 
 /// Runs `seed` over the data file's value, JSON or YAML.
-fn parse<S, T>(file: &DataFile, reader: &mut dyn BufRead, seed: S) -> Result<T, BundleError>
+fn parse<S, T>(path: &str, size: u64, reader: &mut dyn BufRead, seed: S) -> Result<T, BundleError>
 where
     S: for<'de> serde::de::DeserializeSeed<'de, Value = T>,
 {
-    if file.yaml() {
-        let what = if file.path.ends_with(".yml") {
+    if !path.ends_with(".json") {
+        let what = if path.ends_with(".yml") {
             "data.yml"
         } else {
             "data.yaml"
         };
-        yaml::deserialize(reader, file.size, seed).map_err(|e| match e {
+        yaml::deserialize(reader, size, seed).map_err(|e| match e {
             YamlError::Io(e) => BundleError::Corrupt(e),
             YamlError::Invalid(message) => BundleError::Malformed {
-                path: file.path.clone(),
+                path: path.to_string(),
                 what,
                 message,
             },
@@ -348,7 +368,7 @@ where
         let value = seed
             .deserialize(&mut de)
             .and_then(|v| de.end().map(|()| v))
-            .map_err(|e| crate::validate::json_error(&file.path, "data.json", e))?;
+            .map_err(|e| crate::validate::json_error(path, "data.json", e))?;
         Ok(value)
     }
 }
