@@ -7,6 +7,7 @@
 pub mod aws_imds;
 pub mod azure_identity;
 pub mod azurite;
+pub mod data_bundles;
 pub mod etcd;
 pub mod fake_gcs;
 pub mod gcp_identity;
