@@ -623,22 +623,23 @@ fn a_terminal_shows_no_spinner_for_a_small_download() {
 
 // Hostile configuration files (issue 10): refused with exit 2 and one line
 // naming the file, in memory that does not grow with what the file would
-// expand to. Memory is read as the child's peak RSS (`wait4`), not timed.
+// expand to. Memory is read as the child's peak RSS (`harness::reap`), not
+// timed.
 
 /// The most a refused configuration may make polhost hold: its own floor
 /// (about 30 MiB, the binary and its embedded components) plus room for a
 /// file at the 4 MiB cap and a tree at the parser's budgets. Before the
 /// fix, the alias bomb went past 1 GiB and `/dev/zero` had no bound.
-const REFUSED_CONFIG_MAX_RSS_MIB: i64 = 128;
+const REFUSED_CONFIG_MAX_RSS_MIB: u64 = 128;
 
 /// `polhost run --once CONFIG` to its end: exit status, stderr and peak RSS
 /// in MiB. Killed (and the test failed) after a generous minute, so a
 /// regression fails instead of hanging the suite.
-fn run_measured(config: &std::path::Path) -> (std::process::ExitStatus, String, i64) {
+fn run_measured(config: &std::path::Path) -> (std::process::ExitStatus, String, u64) {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let mut command = Command::new(POLHOST);
     command
@@ -653,34 +654,13 @@ fn run_measured(config: &std::path::Path) -> (std::process::ExitStatus, String, 
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let pid = child.id() as libc::pid_t;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `pid` is our unreaped child; the pointers are valid.
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
-            break;
-        }
-        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
-        if Instant::now() >= deadline {
-            crate::harness::terminate(&mut child, libc::SIGKILL, Duration::from_secs(1));
-            panic!(
-                "polhost run {} did not exit within a minute",
-                config.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // Reaped by wait4: dropping the handle neither waits nor kills.
-    drop(child);
+    let reaped = crate::harness::reap(child, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("polhost run {}: {e}", config.display()));
     let stderr = reader.join().unwrap();
     (
-        std::process::ExitStatus::from_raw(status),
+        std::process::ExitStatus::from_raw(reaped.status),
         stderr,
-        usage.ru_maxrss / 1024,
+        reaped.peak_rss_kib / 1024,
     )
 }
 

@@ -307,10 +307,11 @@ async fn restart_with_server_down_serves_persisted_bundle() {
     assert_eq!(restored.sha256, persisted);
     let (kind, message, _) = failure(&events, "authz").expect("the download failed");
     assert_eq!(kind, FailureKind::Transient, "{message}");
+    // The fetcher's words, then the host's (the guest saw only the code).
     assert_eq!(
         message,
         format!(
-            "GET {}/bundles/authz.tar.gz: ErrorCode::ConnectionRefused",
+            "GET {}/bundles/authz.tar.gz: ErrorCode::ConnectionRefused (tcp connect error: Connection refused (os error 111))",
             server.url()
         )
     );

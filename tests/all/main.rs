@@ -29,3 +29,4 @@ mod s3;
 mod sandbox;
 mod sandbox_limits;
 mod signatures;
+mod tls;

@@ -1101,6 +1101,26 @@ mod tests {
         ]);
     }
 
+    /// OPA (v1.22.3, `opa build`) on the same files: a repeated YAML key is
+    /// no error (the last one wins), merge keys are expanded before the
+    /// rules apply.
+    #[test]
+    fn yaml_keys_are_read_as_opa_reads_them_repeated_and_merged() {
+        accepted(&[("data.yaml", b"x:\n  k: 1\n  k: 2\n")]);
+        // Expanded, `a` holds `x`, under the root "a/x"; read literally, it
+        // would hold "<<", outside the roots.
+        accepted(&[
+            (".manifest", br#"{"roots":["a/x","b"]}"#),
+            ("data.yaml", b"b: &m {x: 1}\na:\n  <<: *m\n"),
+        ]);
+        // The merge puts a value at a/x, where another file puts an object.
+        let err = refused(&[
+            ("data.yaml", b"b: &m {x: 1}\na:\n  <<: *m\n"),
+            ("a/x/data.json", br#"{"y":2}"#),
+        ]);
+        assert!(err.contains("conflicts"), "{err}");
+    }
+
     #[test]
     fn malformed_data_yaml_names_the_file() {
         let err = refused(&[("a/data.yaml", b"key: [unclosed\n")]);

@@ -6,13 +6,21 @@
 //! alias replay, nesting depth, events, input bytes. The budgets here are
 //! tied to the file's size, so an alias bomb can make at most a few times
 //! the work and memory its own bytes would, and is refused at once.
+//!
+//! Keys, as OPA has them: a repeated key is passed through (the last one
+//! wins, as for JSON), and merge keys (`<<`) are expanded. Expanding them
+//! makes the parser remember every key of every mapping (a 280,000-key
+//! mapping: 51 MiB), so a file is read as [`Merges::Literal`] first, which
+//! remembers nothing; one whose bytes hold `<<` at all is read again as
+//! [`Merges::Expanded`] by the second look.
 
+use std::cell::Cell;
 use std::io::Read;
 
 use serde::de::DeserializeSeed;
 use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::options::AliasLimits;
-use serde_saphyr::{Budget, Error, Options};
+use serde_saphyr::{Budget, DuplicateKeyPolicy, Error, MergeKeyPolicy, Options};
 
 /// Nesting deeper than this is refused (serde_json's limit for JSON).
 pub const MAX_DEPTH: usize = 128;
@@ -21,8 +29,17 @@ pub const MAX_DEPTH: usize = 128;
 /// person writes, far below what a "billion laughs" file asks for.
 const REPLAY_GRACE: usize = 64 * 1024;
 
+/// How merge keys (`<<`) are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merges {
+    /// As ordinary keys: right for a file without any, in constant memory.
+    Literal,
+    /// Expanded, as OPA does (the parser remembers every mapping's keys).
+    Expanded,
+}
+
 /// The options for one YAML file of `size` bytes.
-fn options(size: u64) -> Options {
+fn options(size: u64, merges: Merges) -> Options {
     let size = usize::try_from(size).unwrap_or(usize::MAX);
     // A YAML event needs at least one byte of input (a scalar and its
     // separator, a bracket), so twice the size plus a margin bounds every
@@ -48,20 +65,63 @@ fn options(size: u64) -> Options {
     // The snippet keeps a ring of recent input for error messages: not
     // worth its memory, the message names the file and the position.
     options.with_snippet = false;
+    options.duplicate_keys = DuplicateKeyPolicy::PassThrough;
+    options.merge_keys = match merges {
+        Merges::Literal => MergeKeyPolicy::AsOrdinary,
+        Merges::Expanded => MergeKeyPolicy::Merge,
+    };
     options
 }
 
-/// Runs `seed` over the YAML document `reader` yields (`size` bytes).
-/// Errors are the message to report for the file.
-pub fn deserialize<R, S, T>(reader: R, size: u64, seed: S) -> Result<T, YamlError>
+/// Runs `seed` over the YAML document `reader` yields (`size` bytes),
+/// reading merge keys as `merges` says; also says whether the bytes hold
+/// `<<` anywhere (so may hold a merge key). Errors are the message to
+/// report for the file.
+pub fn deserialize<R, S, T>(
+    reader: R,
+    size: u64,
+    merges: Merges,
+    seed: S,
+) -> Result<(T, bool), YamlError>
 where
     R: Read,
     S: for<'de> DeserializeSeed<'de, Value = T>,
 {
-    serde_saphyr::with_deserializer_from_reader_with_options(reader, options(size), |de| {
-        seed.deserialize(de)
-    })
-    .map_err(YamlError::from)
+    let seen = Cell::new(false);
+    let sniffer = MergeSniffer {
+        inner: reader,
+        last: 0,
+        seen: &seen,
+    };
+    let value = serde_saphyr::with_deserializer_from_reader_with_options(
+        sniffer,
+        options(size, merges),
+        |de| seed.deserialize(de),
+    )
+    .map_err(YamlError::from)?;
+    Ok((value, seen.get()))
+}
+
+/// Notes whether `<<` passes by (across reads too).
+struct MergeSniffer<'a, R> {
+    inner: R,
+    last: u8,
+    seen: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for MergeSniffer<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 && !self.seen.get() {
+            let got = &buf[..n];
+            let across = self.last == b'<' && got[0] == b'<';
+            if across || got.windows(2).any(|w| w == b"<<") {
+                self.seen.set(true);
+            }
+            self.last = got[n - 1];
+        }
+        Ok(n)
+    }
 }
 
 /// Why a YAML file was refused.
@@ -116,7 +176,9 @@ pub fn to_json(text: &[u8]) -> Option<serde_json::Value> {
             serde::Deserialize::deserialize(d)
         }
     }
-    deserialize(text, text.len() as u64, Seed).ok()
+    deserialize(text, text.len() as u64, Merges::Expanded, Seed)
+        .ok()
+        .map(|(value, _)| value)
 }
 
 /// 352 bytes that expand to 10^9 scalars (a "billion laughs").
@@ -138,7 +200,12 @@ mod tests {
                 <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d).map(|_| ())
             }
         }
-        match deserialize(ALIAS_BOMB.as_bytes(), ALIAS_BOMB.len() as u64, Seed) {
+        match deserialize(
+            ALIAS_BOMB.as_bytes(),
+            ALIAS_BOMB.len() as u64,
+            Merges::Literal,
+            Seed,
+        ) {
             Err(YamlError::Invalid(m)) => assert!(m.contains("YAML alias budget exceeded"), "{m}"),
             other => panic!("{other:?}"),
         }

@@ -13,8 +13,8 @@
 //! For each, with the default configuration of both:
 //!
 //! * polhost: `polhost run --once` (download, every OPA data rule,
-//!   persist, activate): wall time from spawn to exit, peak RSS from
-//!   `wait4`;
+//!   persist, activate): wall time from spawn to exit, peak RSS (its
+//!   VmHWM, sampled while it runs: `harness::reap`);
 //! * OPA v1.22.3: `opa run --server` with the bundle as its only bundle
 //!   (polling every 300-600 s, so one download): from spawn to its own
 //!   `/v1/status` `last_successful_activation` (and from its
@@ -95,7 +95,7 @@ struct Row {
     bundle_bytes: u64,
     data_bytes: u64,
     polhost_time: Duration,
-    polhost_rss_kib: i64,
+    polhost_rss_kib: u64,
     opa: OpaOutcome,
 }
 
@@ -284,7 +284,7 @@ fn print(rows: &[Row]) {
     );
     for row in rows {
         let polhost_s = row.polhost_time.as_secs_f64();
-        let polhost_mib = mib(row.polhost_rss_kib.max(0) as u64);
+        let polhost_mib = mib(row.polhost_rss_kib);
         let head = format!(
             "{:<30} {:>9.1} {:>9.1} | {:>10.2} {:>11.1} |",
             row.case.what,

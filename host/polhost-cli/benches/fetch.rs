@@ -6,7 +6,7 @@
 //! alternately, N times each:
 //!
 //! * `polhost run --once cfg.yaml`: fetch (http fetcher) + validate +
-//!   persist, in a child process whose peak RSS comes from `wait4`;
+//!   persist, in a child process whose peak RSS is sampled (`harness::reap`);
 //! * `curl -s -o FILE URL && sha256sum FILE`, timed together;
 //! * `curl -s -o FILE URL` alone, for information.
 //!
@@ -333,7 +333,7 @@ impl Read for RandomReader<'_> {
 // The server
 
 enum Server {
-    Nginx(Nginx),
+    Nginx(Box<Nginx>),
     Polhost { child: Child, port: u16 },
 }
 
@@ -341,10 +341,10 @@ impl Server {
     fn start(dir: &Path, polhost: &Path) -> Result<Server> {
         let forced = std::env::var("BENCH_SERVER").is_ok_and(|v| v == "polhost");
         if !forced && nginx_installed() {
-            return Ok(Server::Nginx(Nginx::start(NginxOptions {
+            return Ok(Server::Nginx(Box::new(Nginx::start(NginxOptions {
                 root: dir.to_path_buf(),
                 ..NginxOptions::default()
-            })));
+            }))));
         }
         if !forced {
             println!(
@@ -547,8 +547,8 @@ struct Measured {
     secs: f64,
     /// User + system CPU time.
     cpu_secs: f64,
-    /// `ru_maxrss` (KiB).
-    max_rss_kib: i64,
+    /// Peak RSS (KiB; see `harness::Reaped`).
+    max_rss_kib: u64,
     /// The raw wait status.
     status: libc::c_int,
 }
@@ -608,13 +608,17 @@ fn measure_output(mut cmd: Command) -> Result<(Measured, String)> {
 
 /// Waits for `child` (see [`harness::reap`]) and measures it.
 fn reap(child: Child, started: Instant) -> Result<Measured> {
-    let (status, usage) = harness::reap(child).map_err(|e| e.to_string())?;
+    let harness::Reaped {
+        status,
+        usage,
+        peak_rss_kib,
+    } = harness::reap(child, std::time::Duration::from_secs(3600)).map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(Measured {
         secs,
         cpu_secs: tv(usage.ru_utime) + tv(usage.ru_stime),
-        max_rss_kib: usage.ru_maxrss,
+        max_rss_kib: peak_rss_kib,
         status,
     })
 }

@@ -58,7 +58,7 @@ pub use overrides::Override;
 pub use polhost_bundle::{ALGORITHMS, Key, Secret, Signing};
 pub use read::MAX_CONFIG_BYTES;
 pub use server::{ServerSettings, parse_addr};
-pub use service::{BearerCredentials, Credentials, Service};
+pub use service::{BearerCredentials, ClientTls, Credentials, Service, TlsSettings};
 
 use std::path::{Path, PathBuf};
 use tree::Node;
@@ -370,10 +370,57 @@ persistence_directory: /var/lib/polhost
             config.persistence_directory,
             PathBuf::from("/var/lib/polhost")
         );
-        // Parsed, but TLS is always verified for now: reported, not obeyed.
+        assert!(config.ignored_keys.is_empty(), "{:?}", config.ignored_keys);
+    }
+
+    #[test]
+    fn tls_and_client_tls_are_read_and_the_fetcher_does_not_see_the_key() {
+        let config = parse(
+            "
+services:
+  acmecorp:
+    url: https://example.com
+    tls:
+      ca_cert: /etc/ca.pem
+      system_ca_required: true
+    credentials:
+      client_tls:
+        cert: /etc/client.pem
+        private_key: /etc/client-key.pem
+        private_key_passphrase: hunter2
+bundles:
+  authz: {service: acmecorp, resource: b.tar.gz}
+",
+        );
+        let service = &config.services[0];
         assert_eq!(
-            config.ignored_keys,
-            ["services.acmecorp.allow_insecure_tls"]
+            service.tls,
+            TlsSettings {
+                ca_cert: Some(PathBuf::from("/etc/ca.pem")),
+                system_ca_required: true,
+            }
+        );
+        let Credentials::ClientTls(client) = &service.credentials else {
+            panic!("{:?}", service.credentials);
+        };
+        assert_eq!(client.cert, PathBuf::from("/etc/client.pem"));
+        assert_eq!(client.private_key, PathBuf::from("/etc/client-key.pem"));
+        assert_eq!(
+            client.private_key_passphrase.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+        assert!(service.raw.get("credentials").is_none(), "{}", service.raw);
+        assert!(!format!("{service:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn client_tls_without_its_key_names_the_field() {
+        let err = error(
+            "services:\n  a:\n    url: https://a.example\n    credentials:\n      client_tls: {cert: /c.pem}\n",
+        );
+        assert_eq!(
+            err,
+            "services.a.credentials.client_tls.private_key: required"
         );
     }
 
@@ -445,7 +492,7 @@ labels: {app: x}
 services:
   acmecorp:
     url: https://example.com
-    tls: {ca_cert: /ca.pem}
+    tls: {ca_cert: /ca.pem, min_version: 1.3}
     credentials:
       bearer: {token: t, extra: 1}
 bundles:
@@ -466,7 +513,7 @@ polhost: {bundle: {}}
             [
                 "labels",
                 "decision_logs",
-                "services.acmecorp.tls",
+                "services.acmecorp.tls.min_version",
                 "services.acmecorp.credentials.bearer.extra",
                 "bundles.authz.trigger",
                 "bundles.authz.polling.jitter",

@@ -25,8 +25,11 @@ pub struct Service {
     pub headers: Vec<(String, String)>,
     /// `response_header_timeout_seconds` (default 10, never 0).
     pub response_header_timeout_seconds: u64,
-    /// `allow_insecure_tls` (default false).
+    /// `allow_insecure_tls` (default false): the server's certificate is
+    /// not verified.
     pub allow_insecure_tls: bool,
+    /// `tls`: the roots the server's certificate is verified against.
+    pub tls: TlsSettings,
     /// The credential method.
     pub credentials: Credentials,
     /// The service's whole subtree as it appeared in the file after ${ENV}
@@ -54,6 +57,7 @@ impl fmt::Debug for Service {
                 &self.response_header_timeout_seconds,
             )
             .field("allow_insecure_tls", &self.allow_insecure_tls)
+            .field("tls", &self.tls)
             .field("credentials", &self.credentials)
             .field("raw", &format_args!("<not shown: may hold credentials>"))
             .finish()
@@ -67,6 +71,9 @@ pub enum Credentials {
     None,
     /// `credentials.bearer`.
     Bearer(BearerCredentials),
+    /// `credentials.client_tls`: mutual TLS, done by the host (the key
+    /// never reaches a fetcher, which sees no credentials).
+    ClientTls(ClientTls),
     /// Any other method (s3_signing, gcp_metadata, a plugin's own, ...):
     /// its key name. Its settings are the fetcher's (it gets them in
     /// `raw`); whether the fetcher accepts the method is for its
@@ -85,6 +92,28 @@ pub struct BearerCredentials {
     pub scheme: String,
 }
 
+/// `services[_].tls`, as OPA reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `ca_cert`: a PEM file of CA certificates trusted for this service,
+    /// besides the system's roots.
+    pub ca_cert: Option<PathBuf>,
+    /// `system_ca_required`: OPA fails when it cannot load the system's
+    /// roots; so does polhost.
+    pub system_ca_required: bool,
+}
+
+/// `credentials.client_tls`: a client certificate and its key, PEM files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTls {
+    /// `cert`: the certificate chain.
+    pub cert: PathBuf,
+    /// `private_key`: the key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+    /// `private_key_passphrase`: the key is encrypted with it.
+    pub private_key_passphrase: Option<Secret>,
+}
+
 /// The keys of a service polhost reads; any other is reported as ignored.
 const SERVICE_KEYS: &[&str] = &[
     "name",
@@ -94,7 +123,11 @@ const SERVICE_KEYS: &[&str] = &[
     "credentials",
     "response_header_timeout_seconds",
     "allow_insecure_tls",
+    "tls",
 ];
+
+const TLS_KEYS: &[&str] = &["ca_cert", "system_ca_required"];
+const CLIENT_TLS_KEYS: &[&str] = &["cert", "private_key", "private_key_passphrase"];
 
 const BEARER_KEYS: &[&str] = &["token", "token_path", "scheme"];
 
@@ -126,6 +159,14 @@ struct ServiceSection {
     service_type: Option<String>,
     response_header_timeout_seconds: Option<u64>,
     allow_insecure_tls: Option<bool>,
+}
+
+/// `tls` (no credential in it).
+#[derive(Deserialize)]
+#[serde(expecting = "a map")]
+struct TlsSection {
+    ca_cert: Option<PathBuf>,
+    system_ca_required: Option<bool>,
 }
 
 /// Reads `services`: a list of entries with `name`, or a map keyed by name.
@@ -197,10 +238,18 @@ fn parse_service(
         })?,
     };
 
-    if section.allow_insecure_tls == Some(true) {
-        // TLS is always verified for now: say so rather than pretend.
-        ignored.push(tree::join(path, "allow_insecure_tls"));
-    }
+    let tls = match node.get("tls") {
+        None | Some(Node::Null) => TlsSettings::default(),
+        Some(tls) => {
+            let tls_path = tree::join(path, "tls");
+            tree::report_unknown_keys(tls, &tls_path, TLS_KEYS, ignored)?;
+            let section: TlsSection = tree::deserialize(tls, &tls_path)?;
+            TlsSettings {
+                ca_cert: section.ca_cert.filter(|p| !p.as_os_str().is_empty()),
+                system_ca_required: section.system_ca_required.unwrap_or(false),
+            }
+        }
+    };
 
     let headers = parse_headers(node.get("headers"), &tree::join(path, "headers"))?;
     let credentials = parse_credentials(
@@ -244,6 +293,11 @@ fn parse_service(
             "name".to_string(),
             serde_json::Value::String(name.to_string()),
         );
+        // The host does TLS: a client key's passphrase (and where the keys
+        // are) is not the fetcher's to see.
+        if let Credentials::ClientTls(_) = credentials {
+            map.remove("credentials");
+        }
     }
 
     Ok(Service {
@@ -253,6 +307,7 @@ fn parse_service(
         headers,
         response_header_timeout_seconds,
         allow_insecure_tls: section.allow_insecure_tls.unwrap_or(false),
+        tls,
         credentials,
         raw,
     })
@@ -379,7 +434,43 @@ fn parse_credentials(
     if method == "bearer" {
         return parse_bearer(value, &method_path, ignored).map(Credentials::Bearer);
     }
+    if method == "client_tls" {
+        return parse_client_tls(value, &method_path, ignored).map(Credentials::ClientTls);
+    }
     Ok(Credentials::Other(method.clone()))
+}
+
+/// The string at `key` of `node` (at `path`), if any; a type error names
+/// the field without quoting the value.
+fn str_field<'n>(node: &'n Node, path: &str, key: &str) -> Result<Option<&'n str>, ConfigError> {
+    match node.get(key) {
+        Some(value) => value.opt_str(&tree::join(path, key)),
+        None => Ok(None),
+    }
+}
+
+/// Reads `credentials.client_tls` by hand: a serde type error would quote
+/// the passphrase.
+fn parse_client_tls(
+    node: &Node,
+    path: &str,
+    ignored: &mut Vec<String>,
+) -> Result<ClientTls, ConfigError> {
+    tree::report_unknown_keys(node, path, CLIENT_TLS_KEYS, ignored)?;
+    let field = |key: &str| -> Result<Option<&str>, ConfigError> {
+        Ok(str_field(node, path, key)?.filter(|v| !v.is_empty()))
+    };
+    let required = |key: &str| -> Result<PathBuf, ConfigError> {
+        field(key)?
+            .map(PathBuf::from)
+            .ok_or_else(|| ConfigError::invalid(tree::join(path, key), "required"))
+    };
+    Ok(ClientTls {
+        cert: required("cert")?,
+        private_key: required("private_key")?,
+        private_key_passphrase: field("private_key_passphrase")?
+            .map(|p| Secret::new(p.to_string())),
+    })
 }
 
 /// Reads `credentials.bearer` by hand: a serde type error would quote the
@@ -390,12 +481,7 @@ pub(crate) fn parse_bearer(
     ignored: &mut Vec<String>,
 ) -> Result<BearerCredentials, ConfigError> {
     tree::report_unknown_keys(node, path, BEARER_KEYS, ignored)?;
-    let field = |key: &str| -> Result<Option<&str>, ConfigError> {
-        match node.get(key) {
-            Some(value) => value.opt_str(&tree::join(path, key)),
-            None => Ok(None),
-        }
-    };
+    let field = |key: &str| str_field(node, path, key);
     let token = field("token")?;
     let token_path = field("token_path")?;
     let scheme = field("scheme")?;

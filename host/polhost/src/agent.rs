@@ -23,6 +23,7 @@ use crate::config::{Bundle, BundleLimits, Config, Service};
 use crate::download::{self, Download, DownloadJob, FailureKind, FetchError, ProgressFn};
 use crate::fetcher::{FetcherRegistry, RegistryError, SharedEnv};
 use crate::metrics;
+use crate::net::{TlsError, Transport};
 use crate::runtime::{self, FetcherComponent, Limits, Runtime, RuntimeError};
 use crate::sandbox::Grant;
 use crate::schedule;
@@ -144,6 +145,10 @@ pub enum AgentError {
     /// A key in `keys` cannot be used (the message names its field).
     #[error("{0}")]
     Key(String),
+    /// A service's TLS settings cannot be used (a CA file that is not PEM,
+    /// a client key that does not match its certificate).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A fetcher does not fit the contract, or the engine failed.
     #[error("{field}")]
     Runtime {
@@ -169,7 +174,10 @@ impl AgentError {
     /// CLI exits 2 for these), rather than the machine.
     pub fn is_config_error(&self) -> bool {
         match self {
-            AgentError::Registry(_) | AgentError::Component { .. } | AgentError::Key(_) => true,
+            AgentError::Registry(_)
+            | AgentError::Component { .. }
+            | AgentError::Key(_)
+            | AgentError::Tls(_) => true,
             AgentError::Runtime { source, .. } => matches!(
                 source,
                 RuntimeError::InvalidComponent { .. } | RuntimeError::ForbiddenImport { .. }
@@ -419,12 +427,23 @@ impl AgentBuilder {
             }
             let grant = descriptor.grant(service, &*self.env);
             tracing::debug!(service = %service.name, fetcher = %service_type, "sandbox grant: {}", grant.describe());
+            let limits = fetchers[&service_type].limits();
+            let transport =
+                Transport::new(service, limits.connect_timeout).map_err(AgentError::Tls)?;
+            if service.allow_insecure_tls {
+                tracing::warn!(
+                    service = %service.name,
+                    "allow_insecure_tls: the certificates of service {:?} are not verified",
+                    service.name
+                );
+            }
             services.insert(
                 service.name.clone(),
                 ServiceEntry {
                     service: service.clone(),
                     fetcher: service_type,
                     grant: Arc::new(grant),
+                    transport: Arc::new(transport),
                 },
             );
         }
@@ -471,11 +490,12 @@ struct Prepared {
     verifications: HashMap<String, Arc<Verification>>,
 }
 
-/// A used service, the fetcher that serves it and its grant.
+/// A used service, the fetcher that serves it, its grant and its client.
 struct ServiceEntry {
     service: Service,
     fetcher: String,
     grant: Arc<Grant>,
+    transport: Arc<Transport>,
 }
 
 /// Everything the bundle tasks share.
@@ -788,6 +808,7 @@ impl Shared {
             runtime: &self.runtime,
             fetcher,
             grant: entry.grant.clone(),
+            transport: entry.transport.clone(),
             service: &entry.service,
             bundle,
             etag,

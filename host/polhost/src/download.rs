@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::bundle::{self, BundleError, BundleSummary, ValidationLimits, Verification};
 use crate::config;
+use crate::net::Transport;
 use crate::runtime::{
     self, BundleSink, ErrorKind, FetchOutcome, FetcherComponent, ResponseInfo, Runtime,
     RuntimeError, SinkFailure, SinkFailureSlot,
@@ -174,6 +175,8 @@ pub(crate) struct DownloadJob<'a> {
     pub runtime: &'a Runtime,
     pub fetcher: &'a FetcherComponent,
     pub grant: Arc<Grant>,
+    /// The service's pooled client.
+    pub transport: Arc<Transport>,
     pub service: &'a config::Service,
     pub bundle: &'a config::Bundle,
     /// The etag of the active bundle.
@@ -240,7 +243,10 @@ pub(crate) async fn download(job: DownloadJob<'_>) -> Result<Download, FetchErro
         .fetcher
         .call(
             job.runtime,
-            job.grant.clone(),
+            runtime::Reach {
+                grant: job.grant.clone(),
+                transport: job.transport.clone(),
+            },
             first_byte_timeout,
             &service,
             &request,
@@ -269,7 +275,15 @@ pub(crate) async fn download(job: DownloadJob<'_>) -> Result<Download, FetchErro
             Err(Consumed::Refused(e)) => FetchError::Invalid(e),
             _ => FetchError::Fetcher {
                 kind: error.kind,
-                message: error.message,
+                // The guest saw only an error code; the host knows which
+                // certificate or connection failed.
+                message: match call.transport_failure {
+                    Some((url, why)) if error.message.contains(&url) => {
+                        format!("{} ({why})", error.message)
+                    }
+                    Some((url, why)) => format!("{} ({url}: {why})", error.message),
+                    None => error.message,
+                },
                 http_status: error.http_status,
             },
         }),

@@ -400,7 +400,8 @@ impl FetcherRegistry {
                 available: self.types().join(", "),
             })?;
         let method = match &service.credentials {
-            Credentials::None => return Ok(descriptor),
+            // Mutual TLS is the host's: every fetcher's requests get it.
+            Credentials::None | Credentials::ClientTls(_) => return Ok(descriptor),
             Credentials::Bearer(_) => "bearer",
             Credentials::Other(method) => method.as_str(),
         };

@@ -42,6 +42,7 @@ mod download;
 mod fetcher;
 mod inspect;
 mod metrics;
+mod net;
 #[cfg(feature = "oci")]
 mod oci;
 mod private_dir;

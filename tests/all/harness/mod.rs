@@ -15,6 +15,7 @@ pub mod moto;
 pub mod nginx;
 pub mod opa;
 pub mod registry;
+pub mod tls;
 pub mod token;
 
 use std::io;
@@ -135,18 +136,59 @@ pub fn tar_gz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-/// Waits for `child` with `wait4`, which reports the rusage of that child
-/// alone (std's `wait` does not): its wait status and its rusage.
-pub fn reap(child: Child) -> io::Result<(libc::c_int, libc::rusage)> {
+/// How a child ended and what it used.
+pub struct Reaped {
+    /// The raw wait status.
+    pub status: libc::c_int,
+    /// Its rusage from `wait4` (its CPU times are its own). Not its
+    /// `ru_maxrss`: Linux carries the high-water mark of the memory a
+    /// process had before `exec` over into it, and a child forked (or
+    /// vforked) from a test process starts with that process's pages.
+    pub usage: libc::rusage,
+    /// Its peak resident set (VmHWM of its own address space after exec),
+    /// KiB, sampled from /proc every few milliseconds while it ran.
+    pub peak_rss_kib: u64,
+}
+
+/// How often [`reap`] samples the child's VmHWM.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(5);
+
+/// Waits for `child` with `wait4`, sampling its peak RSS until it exits.
+/// Past `timeout`, SIGKILLs its process group (see [`spawn_tied`]), reaps
+/// it and fails with `TimedOut`.
+pub fn reap(child: Child, timeout: Duration) -> io::Result<Reaped> {
+    let deadline = Instant::now() + timeout;
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data; all-zero is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut peak_rss_kib = 0;
     loop {
+        // VmHWM only grows, and goes with the process: read it before the
+        // process can exit (between two reads, at most one sample is lost).
+        if let Some(kib) = opa::peak_rss_kib(child.id()) {
+            peak_rss_kib = peak_rss_kib.max(kib);
+        }
         // SAFETY: `pid` is our unreaped child; the pointers are valid.
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
         if r == pid {
             break;
+        }
+        if r == 0 && Instant::now() >= deadline {
+            // SAFETY: plain syscalls; the pid is our unreaped child's.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+                libc::wait4(pid, &mut status, 0, &mut usage);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("pid {pid} still ran after {timeout:?}: killed"),
+            ));
+        }
+        if r == 0 {
+            thread::sleep(RSS_SAMPLE_EVERY);
+            continue;
         }
         let e = io::Error::last_os_error();
         if r == -1 && e.kind() == io::ErrorKind::Interrupted {
@@ -156,7 +198,11 @@ pub fn reap(child: Child) -> io::Result<(libc::c_int, libc::rusage)> {
     }
     // The child is reaped; dropping the handle neither waits nor kills.
     drop(child);
-    Ok((status, usage))
+    Ok(Reaped {
+        status,
+        usage,
+        peak_rss_kib,
+    })
 }
 
 /// Sends `signal` to a child started by [`spawn_tied`], waits up to `grace`

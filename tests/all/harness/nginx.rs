@@ -58,6 +58,17 @@ pub struct NginxOptions {
     /// locations: bytes, since a header value a test sends (an `ETag` with
     /// obs-text) need not be UTF-8.
     pub server_directives: Vec<u8>,
+    /// Serve HTTPS instead of HTTP (see [`NginxTls`]).
+    pub tls: Option<NginxTls>,
+}
+
+/// nginx's TLS: its certificate and key, and, for mutual TLS, the CA
+/// client certificates must chain to (`ssl_verify_client on`).
+#[derive(Clone, Debug)]
+pub struct NginxTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One request from the access log.
@@ -71,6 +82,9 @@ pub struct AccessEntry {
     /// The request's `If-None-Match` header, "" when absent.
     pub if_none_match: String,
     pub authorization_present: bool,
+    /// nginx's `$connection`: requests with the same number came over one
+    /// connection.
+    pub connection: u64,
 }
 
 /// A running nginx; stopped on drop. Owns a temp dir with conf, logs, pid.
@@ -124,6 +138,9 @@ impl Nginx {
 
     /// "http://127.0.0.1:PORT"
     pub fn url(&self) -> String {
+        if self.opts.tls.is_some() {
+            return format!("https://127.0.0.1:{}", self.port);
+        }
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -337,14 +354,14 @@ http {{
     uwsgi_temp_path {uwsgi};
     scgi_temp_path {scgi};
 
-    log_format harness '$request_method "$uri" $status $body_bytes_sent "$http_if_none_match" "$http_authorization"';
+    log_format harness '$request_method "$uri" $status $body_bytes_sent "$http_if_none_match" "$http_authorization" $connection';
     access_log {access} harness;
 
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         server_name _;
         root {root};
-
+{tls}
         location = {status_path} {{
             stub_status;
             access_log off;
@@ -362,7 +379,28 @@ http {{
             scgi = p("tmp/scgi"),
             access = p("access.log"),
             status_path = quote(STATUS_PATH),
+            ssl = if self.opts.tls.is_some() { " ssl" } else { "" },
+            tls = self.tls_directives(),
         )
+    }
+
+    fn tls_directives(&self) -> String {
+        let Some(tls) = &self.opts.tls else {
+            return String::new();
+        };
+        let path = |p: &Path| quote(&absolute(p).to_string_lossy());
+        let mut d = format!(
+            "        ssl_certificate {};\n        ssl_certificate_key {};\n",
+            path(&tls.cert),
+            path(&tls.key)
+        );
+        if let Some(ca) = &tls.client_ca {
+            d.push_str(&format!(
+                "        ssl_client_certificate {};\n        ssl_verify_client on;\n",
+                path(ca)
+            ));
+        }
+        d
     }
 
     /// Polls stub_status until the only request in flight is the status
@@ -493,7 +531,7 @@ fn parse_line(line: &str) -> Option<AccessEntry> {
             rest = &rest[end..];
         }
     }
-    let [method, uri, status, bytes, inm, auth] = fields.try_into().ok()?;
+    let [method, uri, status, bytes, inm, auth, connection] = fields.try_into().ok()?;
     let value = |v: &str| if v == "-" { String::new() } else { unescape(v) };
     Some(AccessEntry {
         method: method.to_string(),
@@ -502,6 +540,7 @@ fn parse_line(line: &str) -> Option<AccessEntry> {
         body_bytes: bytes.parse().ok()?,
         if_none_match: value(inm),
         authorization_present: auth != "-" && !auth.is_empty(),
+        connection: connection.parse().ok()?,
     })
 }
 

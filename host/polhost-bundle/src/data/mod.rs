@@ -28,7 +28,7 @@ use sketch::{Budget, Meet, RootsVerdict, Sketch, SketchSeed};
 
 use crate::BundleError;
 use crate::paths::{PathId, Paths};
-use crate::yaml::{self, YamlError};
+use crate::yaml::{self, Merges, YamlError};
 
 /// One data file, as the first look left it. Small on purpose: a bundle
 /// may hold 100,000 of them, all held until the manifest (often last) says
@@ -37,6 +37,10 @@ use crate::yaml::{self, YamlError};
 struct DataFile {
     path: PathId,
     size: u64,
+    /// A YAML file that may hold merge keys: its first look read them as
+    /// ordinary keys, so its sketch knows nothing and the second look
+    /// reads it with them expanded.
+    merges: bool,
     /// Dropped once the roots are checked.
     sketch: Option<Sketch>,
 }
@@ -94,16 +98,27 @@ impl DataFiles {
             budget: &mut self.budget,
             depth,
         };
-        let sketch = parse(name, size, reader, seed)?;
+        let (sketch, merges) = parse(name, size, Merges::Literal, reader, seed)?;
         if depth == 0 && !sketch.is_object() {
             return Err(BundleError::Rule {
                 path: name.to_string(),
                 message: "a data file at the bundle root must hold an object".into(),
             });
         }
+        let sketch = if merges {
+            // Whatever the merges bring in is unknown: an object of keys
+            // not known, which leaves every rule to the second look.
+            Sketch::Map {
+                children: Default::default(),
+                complete: false,
+            }
+        } else {
+            sketch
+        };
         self.files.push(DataFile {
             path,
             size,
+            merges,
             sketch: Some(sketch),
         });
         Ok(())
@@ -311,7 +326,12 @@ impl<'p> SecondLook<'p> {
             want,
             roots,
         };
-        let kept = parse(path, file.size, reader, seed);
+        let merges = if file.merges {
+            Merges::Expanded
+        } else {
+            Merges::Literal
+        };
+        let kept = parse(path, file.size, merges, reader, seed).map(|(kept, _)| kept);
         // The visitor stashes the rule it found broken in its context.
         let kept = match (kept, ctx.broken.take()) {
             (_, Some(Broken::Conflict(at))) => return Err(conflict(at)),
@@ -344,8 +364,15 @@ fn outside(at: &str, roots: &[String]) -> BundleError {
     }
 }
 
-/// Runs `seed` over the data file's value, JSON or YAML.
-fn parse<S, T>(path: &str, size: u64, reader: &mut dyn BufRead, seed: S) -> Result<T, BundleError>
+/// Runs `seed` over the data file's value, JSON or YAML (its merge keys
+/// read as `merges` says); also says whether a YAML file's bytes hold `<<`.
+fn parse<S, T>(
+    path: &str,
+    size: u64,
+    merges: Merges,
+    reader: &mut dyn BufRead,
+    seed: S,
+) -> Result<(T, bool), BundleError>
 where
     S: for<'de> serde::de::DeserializeSeed<'de, Value = T>,
 {
@@ -355,7 +382,7 @@ where
         } else {
             "data.yaml"
         };
-        yaml::deserialize(reader, size, seed).map_err(|e| match e {
+        yaml::deserialize(reader, size, merges, seed).map_err(|e| match e {
             YamlError::Io(e) => BundleError::Corrupt(e),
             YamlError::Invalid(message) => BundleError::Malformed {
                 path: path.to_string(),
@@ -369,6 +396,6 @@ where
             .deserialize(&mut de)
             .and_then(|v| de.end().map(|()| v))
             .map_err(|e| crate::validate::json_error(path, "data.json", e))?;
-        Ok(value)
+        Ok((value, false))
     }
 }

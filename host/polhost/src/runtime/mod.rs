@@ -26,6 +26,7 @@ pub(crate) use cache::{ComponentCache, sha256_digest as cache_digest};
 pub(crate) use sink::{BundleSink, SinkFailure, SinkFailureSlot};
 
 use crate::fetcher::SharedEnv;
+use crate::net::Transport;
 use crate::sandbox::{Grant, SandboxHooks};
 use bindings::FetcherPre;
 use state::FetchState;
@@ -327,11 +328,22 @@ pub(crate) struct FetcherComponent {
     pre: FetcherPre<FetchState>,
 }
 
+/// What one fetch may reach (its service's grant) and what its requests
+/// are sent with (its service's client).
+pub(crate) struct Reach {
+    pub grant: Arc<Grant>,
+    pub transport: Arc<Transport>,
+}
+
 /// What a fetch call returned, with the host's view of any sandbox refusal.
 pub(crate) struct CallOutcome {
     pub result: Result<FetchOutcome, GuestError>,
     /// Why the sandbox refused a request, if it did.
     pub denial: Option<String>,
+    /// How the host's last failed request failed (a certificate the
+    /// service's roots do not trust, a refused connection), if one did:
+    /// its URL and why.
+    pub transport_failure: Option<(String, String)>,
 }
 
 impl FetcherComponent {
@@ -354,7 +366,7 @@ impl FetcherComponent {
     pub(crate) async fn call(
         &self,
         runtime: &Runtime,
-        grant: Arc<Grant>,
+        Reach { grant, transport }: Reach,
         first_byte_timeout: Duration,
         service: &Service,
         bundle: &BundleRequest,
@@ -363,6 +375,7 @@ impl FetcherComponent {
         let limits = self.limits;
         let hooks = SandboxHooks::new(
             grant.clone(),
+            transport,
             crate::sandbox::RequestLimits {
                 max_requests: limits.max_requests,
                 connect_timeout: limits.connect_timeout,
@@ -433,6 +446,13 @@ impl FetcherComponent {
         // Close the byte stream whether or not the guest finished.
         let _ = store.data_mut().table.delete(sink);
         let denial = store.data_mut().hooks.denial.take();
+        let transport_failure = store
+            .data()
+            .hooks
+            .failure
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take());
         match result {
             Err(_) => Err(RuntimeError::Timeout {
                 fetcher: self.name.clone(),
@@ -452,7 +472,11 @@ impl FetcherComponent {
                 message: format!("{e:#}"),
             }),
             Ok(Err(e)) => Err(trap(e)),
-            Ok(Ok(result)) => Ok(CallOutcome { result, denial }),
+            Ok(Ok(result)) => Ok(CallOutcome {
+                result,
+                denial,
+                transport_failure,
+            }),
         }
     }
 }

@@ -11,10 +11,13 @@ use std::time::Duration;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::{Grant, Origin, OriginPolicy};
+use crate::net::{Transport, TransportFailure};
 
 /// Per-fetch state of the hook.
 pub(crate) struct SandboxHooks {
     grant: Arc<Grant>,
+    /// The service's client: what a granted request is sent with.
+    transport: Arc<Transport>,
     limits: RequestLimits,
     sent: u32,
     /// Origins learned during this fetch (see [`OriginPolicy`]); shared with
@@ -23,6 +26,8 @@ pub(crate) struct SandboxHooks {
     /// Why the last refused request was refused, for the fetch's error (the
     /// guest only sees `HttpRequestDenied`).
     pub(crate) denial: Option<String>,
+    /// How the last failed request failed, in the host's words.
+    pub(crate) failure: TransportFailure,
 }
 
 /// Bounds on one fetch's requests.
@@ -37,13 +42,15 @@ pub(crate) struct RequestLimits {
 }
 
 impl SandboxHooks {
-    pub(crate) fn new(grant: Arc<Grant>, limits: RequestLimits) -> Self {
+    pub(crate) fn new(grant: Arc<Grant>, transport: Arc<Transport>, limits: RequestLimits) -> Self {
         SandboxHooks {
             grant,
+            transport,
             limits,
             sent: 0,
             learned: Arc::default(),
             denial: None,
+            failure: TransportFailure::default(),
         }
     }
 
@@ -152,16 +159,16 @@ impl WasiHttpHooks for SandboxHooks {
             }
             _ => None,
         };
+        let (transport, failure) = (self.transport.clone(), self.failure.clone());
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let response = transport.send(request, options, failure).await?;
             if let Some((learned, grant, uri)) = learner {
                 learn(&learned, &grant, &uri, &response);
             }
+            // The pool drives the connection: nothing is left to await.
             Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                response,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
             ))
         })
     }
@@ -313,7 +320,17 @@ mod tests {
             first_byte_timeout: Duration::from_secs(1),
             between_bytes_timeout: Duration::from_secs(1),
         };
-        let mut hooks = SandboxHooks::new(Arc::new(grant(OriginPolicy::Fixed)), limits);
+        let config = polhost_config::Config::parse(
+            "services:\n  s:\n    url: http://registry.example\n",
+            &|_| None,
+        )
+        .unwrap();
+        let transport = Transport::new(&config.services[0], Duration::from_secs(1)).unwrap();
+        let mut hooks = SandboxHooks::new(
+            Arc::new(grant(OriginPolicy::Fixed)),
+            Arc::new(transport),
+            limits,
+        );
         let cdn: http::Uri = "http://cdn.example/blob".parse().unwrap();
         assert!(hooks.refusal(&cdn).is_some());
         hooks
