@@ -367,32 +367,41 @@ fn a_bundle_directory_swapped_for_a_symlink_while_running_fails_the_download_and
     );
 }
 
-/// `authz` with `persist: true`, long polling `polhost serve` at `url`:
-/// between two bundles, a request is held with its temp file open.
-fn long_polling_config(work: &Workdir, url: &str) -> std::path::PathBuf {
-    work.config(&format!(
-        "services:\n  web:\n    url: {url}\nbundles:\n  authz:\n    resource: bundles/authz.tar.gz\n    persist: true\n    polling:\n      min_delay_seconds: 60\n      max_delay_seconds: 120\n      long_polling_timeout_seconds: 30\n"
-    ))
-}
-
 #[test]
 fn a_second_instance_on_the_same_persistence_directory_is_refused_and_leaves_the_first_alone() {
     let work = Workdir::new();
     let root = work.path().join("www");
-    let served = root.join("bundles/authz.tar.gz");
-    publish(&served, &bundle("v1"), 0);
-    let (_server, url) = crate::long_polling::serve(&root);
-    let cfg = long_polling_config(&work, &url);
+    // 320 KiB at 32 KiB/s: the first instance's download is in flight, its
+    // temp file open, for about ten seconds.
+    let slow = tar_gz(&[
+        (
+            ".manifest",
+            br#"{"revision":"slow","roots":["authz"]}"#.to_vec(),
+        ),
+        ("authz/policy.rego", b"package authz\n".to_vec()),
+        ("authz/blob.bin", noise(320 << 10, 3)),
+    ]);
+    publish(&root.join("bundles/authz.tar.gz"), &slow, 0);
+    let nginx = Nginx::start(NginxOptions {
+        root,
+        server_directives: b"limit_rate 32k;\n".to_vec(),
+        ..NginxOptions::default()
+    });
+    let cfg = work.config(&format!(
+        "services:\n  web:\n    url: {}\nbundles:\n  authz:\n    resource: bundles/authz.tar.gz\n    persist: true\n",
+        nginx.url()
+    ));
     let first = Polhost::spawn(&["run", cfg.to_str().unwrap()], &[]);
-    first.wait_for_activation("v1", "Download");
-    // The next request is held by the server, its temp file open.
     let dir = work.persisted("authz").parent().unwrap().to_path_buf();
     let temp_files = || -> Vec<String> {
         fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with(".download-"))
-            .collect()
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .filter(|n| n.starts_with(".download-"))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let deadline = Instant::now() + PATIENCE;
     while temp_files().is_empty() {
@@ -417,13 +426,12 @@ fn a_second_instance_on_the_same_persistence_directory_is_refused_and_leaves_the
     let check = polhost(&["config", "check", cfg.to_str().unwrap()], &[]);
     assert!(check.status.success(), "{}", check.stderr);
 
-    // The first one's held download completes into its temp file.
-    publish(&served, &bundle("v2-longer"), 10);
-    first.wait_for_activation("v2-longer", "Download");
+    // The first one's download completes into its temp file.
+    first.wait_for_activation("slow", "Download");
     assert!(
         !first.output().contains("bundle download failed"),
         "{}",
         first.output()
     );
-    assert_eq!(work.metadata("authz")["revision"], "v2-longer");
+    assert_eq!(work.metadata("authz")["revision"], "slow");
 }
