@@ -106,15 +106,6 @@ fn main() {
     }
 }
 
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
 fn run() -> Result<()> {
     let wanted = std::env::var("BENCH_CASES").unwrap_or_else(|_| "users,files,keys".into());
     let mut cases = Vec::new();
@@ -125,8 +116,8 @@ fn run() -> Result<()> {
             .ok_or_else(|| format!("BENCH_CASES: no case {name:?} (users, files, keys)"))?;
         cases.push(case);
     }
-    let opa_cap_kib = env_u64("BENCH_OPA_MAX_GIB", 16)? * 1024 * 1024;
-    let opa_timeout = Duration::from_secs(env_u64("BENCH_OPA_TIMEOUT_S", 900)?);
+    let opa_cap_kib = harness::env_number::<u64>("BENCH_OPA_MAX_GIB", 16)? * 1024 * 1024;
+    let opa_timeout = Duration::from_secs(harness::env_number::<u64>("BENCH_OPA_TIMEOUT_S", 900)?);
     let polhost = Path::new(env!("CARGO_BIN_EXE_polhost"));
     let dir = tempfile::Builder::new()
         .prefix("polhost-bench-data-")

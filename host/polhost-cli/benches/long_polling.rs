@@ -66,15 +66,6 @@ fn main() {
     }
 }
 
-fn env_usize(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
 struct Params {
     clients: usize,
     opas: usize,
@@ -83,9 +74,9 @@ struct Params {
 
 fn run() -> Result<()> {
     let params = Params {
-        clients: env_usize("BENCH_CLIENTS", 100)?,
-        opas: env_usize("BENCH_OPAS", 10)?,
-        window: Duration::from_secs(env_usize("BENCH_WINDOW_S", 10)? as u64),
+        clients: harness::env_number::<usize>("BENCH_CLIENTS", 100)?,
+        opas: harness::env_number::<usize>("BENCH_OPAS", 10)?,
+        window: Duration::from_secs(harness::env_number::<u64>("BENCH_WINDOW_S", 10)?),
     };
     let tmp = tempfile::Builder::new()
         .prefix("polhost-bench-lp-")

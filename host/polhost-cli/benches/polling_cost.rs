@@ -43,15 +43,6 @@ fn main() {
     }
 }
 
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
 /// What one agent cost over the window.
 struct Cost {
     cores: f64,
@@ -60,9 +51,9 @@ struct Cost {
 }
 
 fn run() -> Result<()> {
-    let bundles = env_u64("BENCH_BUNDLES", 1000)? as usize;
-    let window = Duration::from_secs(env_u64("BENCH_WINDOW_S", 20)?);
-    let warmup = Duration::from_secs(env_u64("BENCH_WARMUP_S", 5)?);
+    let bundles = harness::env_number::<usize>("BENCH_BUNDLES", 1000)?;
+    let window = Duration::from_secs(harness::env_number::<u64>("BENCH_WINDOW_S", 20)?);
+    let warmup = Duration::from_secs(harness::env_number::<u64>("BENCH_WARMUP_S", 5)?);
     let dir = tempfile::Builder::new()
         .prefix("polhost-bench-polling-")
         .tempdir()

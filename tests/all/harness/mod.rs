@@ -136,6 +136,17 @@ pub fn tar_gz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+/// A benchmark's numeric setting: the environment variable `name` parsed,
+/// or `default` when it is unset.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// How a child ended and what it used.
 pub struct Reaped {
     /// The raw wait status.
