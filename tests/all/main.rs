@@ -7,6 +7,7 @@ mod hostile_corpus;
 mod in_process;
 mod support;
 
+mod addresses;
 mod azure;
 mod bad_downloads;
 mod bundle_rules;
@@ -25,8 +26,10 @@ mod persistence;
 mod plugin_etcd;
 mod plugin_python;
 mod plugins;
+mod proxy;
 mod s3;
 mod sandbox;
 mod sandbox_limits;
 mod signatures;
 mod tls;
+mod tls_stores;

@@ -138,6 +138,17 @@ pub struct Finished {
 }
 
 /// Runs `polhost ARGS` to its end (with a generous time limit).
+/// What polhost reads, as Go does, to choose a proxy.
+const PROXY_VARIABLES: [&str; 7] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "REQUEST_METHOD",
+];
+
 pub fn polhost(args: &[&str], env: &[(&str, &str)]) -> Finished {
     let mut process = Polhost::spawn(args, env);
     let status = process.wait_exit(PATIENCE * 3);
@@ -186,6 +197,11 @@ impl Polhost {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // The machine's proxies are not the test's: a test that wants one
+        // sets it.
+        for name in PROXY_VARIABLES {
+            command.env_remove(name);
+        }
         for (name, value) in env {
             command.env(name, value);
         }

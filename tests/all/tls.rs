@@ -107,6 +107,51 @@ fn mutual_tls_is_refused_without_client_tls_and_fetched_with_it() {
 }
 
 #[test]
+fn an_encrypted_client_key_is_decrypted_with_its_passphrase_legacy_pem_and_pkcs8() {
+    let work = Workdir::new();
+    let ca = TestCa::new();
+    let nginx = https_nginx(&work, &ca, true);
+    let passphrase = "c0rrect-h0rse";
+    for pkcs8 in [false, true] {
+        let key = ca.encrypted_client_key(passphrase, pkcs8);
+        let client = |passphrase: &str| {
+            format!(
+                "    tls:\n      ca_cert: {}\n    credentials:\n      client_tls:\n        cert: {}\n        private_key: {}\n        private_key_passphrase: {passphrase}\n",
+                ca.ca_cert.display(),
+                ca.client_cert.display(),
+                key.display()
+            )
+        };
+        let fetched = run_once(&work, &nginx.url(), &client(passphrase));
+        assert!(
+            fetched.status.success(),
+            "pkcs8={pkcs8}: {}",
+            fetched.stderr
+        );
+        assert!(
+            fetched.stderr.contains("bundle activated"),
+            "{}",
+            fetched.stderr
+        );
+        let wrong = run_once(&work, &nginx.url(), &client("n0t-the-passphrase"));
+        assert_eq!(wrong.status.code(), Some(2), "{}", wrong.stderr);
+        assert!(
+            wrong.stderr.contains(&format!(
+                "services.web.credentials.client_tls.private_key: {}: the passphrase does not decrypt the key",
+                key.display()
+            )),
+            "{}",
+            wrong.stderr
+        );
+        assert!(
+            !wrong.stderr.contains("n0t-the-passphrase"),
+            "{}",
+            wrong.stderr
+        );
+    }
+}
+
+#[test]
 fn a_client_key_that_is_not_pem_exits_2_naming_the_field_and_not_the_key() {
     let work = Workdir::new();
     let ca = TestCa::new();

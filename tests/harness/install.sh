@@ -100,6 +100,23 @@ ensure_openssl() {
   fi
 }
 
+# squid from Debian (/usr/sbin/squid): a real forward proxy for the
+# HTTP_PROXY/HTTPS_PROXY tests. The package's own /etc/squid/squid.conf and
+# its service are never used: the tests write their own config listening on
+# 127.0.0.1 and run it in the foreground.
+squid_version() {
+  /usr/sbin/squid -v 2>&1 | sed -n 's/^Squid Cache: Version //p'
+}
+
+ensure_squid() {
+  if [ -x /usr/sbin/squid ]; then
+    echo "squid: found $(squid_version)"
+  else
+    apt_install squid
+    echo "squid: installed $(squid_version)"
+  fi
+}
+
 # The Python venv shared by the tests' Python tools (emulators, client
 # libraries): ~/.cache/polhost/venv unless POLHOST_VENV says otherwise.
 VENV=${POLHOST_VENV:-$HOME/.cache/polhost/venv}
@@ -230,6 +247,7 @@ ensure_docker_registry
 ensure_skopeo
 ensure_htpasswd
 ensure_openssl
+ensure_squid
 ensure_oras
 ensure_moto
 ensure_azurite

@@ -23,7 +23,7 @@ use crate::config::{Bundle, BundleLimits, Config, Service};
 use crate::download::{self, Download, DownloadJob, FailureKind, FetchError, ProgressFn};
 use crate::fetcher::{FetcherRegistry, RegistryError, SharedEnv};
 use crate::metrics;
-use crate::net::{TlsError, Transport};
+use crate::net::{Network, Proxies, ProxyError, TlsError, Transport};
 use crate::runtime::{self, FetcherComponent, Limits, Runtime, RuntimeError};
 use crate::sandbox::Grant;
 use crate::schedule;
@@ -149,6 +149,9 @@ pub enum AgentError {
     /// a client key that does not match its certificate).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A proxy variable (`HTTPS_PROXY`, ...) cannot be used.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     /// A fetcher does not fit the contract, or the engine failed.
     #[error("{field}")]
     Runtime {
@@ -177,7 +180,8 @@ impl AgentError {
             AgentError::Registry(_)
             | AgentError::Component { .. }
             | AgentError::Key(_)
-            | AgentError::Tls(_) => true,
+            | AgentError::Tls(_)
+            | AgentError::Proxy(_) => true,
             AgentError::Runtime { source, .. } => matches!(
                 source,
                 RuntimeError::InvalidComponent { .. } | RuntimeError::ForbiddenImport { .. }
@@ -396,6 +400,13 @@ impl AgentBuilder {
             .iter()
             .filter(|s| config.bundles.iter().any(|b| b.service == s.name))
             .collect();
+        let proxies = Proxies::from_env(&*self.env).map_err(AgentError::Proxy)?;
+        if !proxies.is_empty() {
+            tracing::info!(
+                "requests go through the proxies of HTTP_PROXY/HTTPS_PROXY (NO_PROXY and loopback excepted)"
+            );
+        }
+        let network = Network::new(proxies);
         let mut fetchers: HashMap<String, Arc<FetcherComponent>> = HashMap::new();
         let mut services = HashMap::new();
         for service in used {
@@ -425,11 +436,12 @@ impl AgentBuilder {
                 );
                 fetchers.insert(service_type.clone(), Arc::new(component));
             }
-            let grant = descriptor.grant(service, &*self.env);
+            let grant = Arc::new(descriptor.grant(service, &*self.env));
             tracing::debug!(service = %service.name, fetcher = %service_type, "sandbox grant: {}", grant.describe());
             let limits = fetchers[&service_type].limits();
             let transport =
-                Transport::new(service, limits.connect_timeout).map_err(AgentError::Tls)?;
+                Transport::new(service, grant.clone(), &network, limits.connect_timeout)
+                    .map_err(AgentError::Tls)?;
             if service.allow_insecure_tls {
                 tracing::warn!(
                     service = %service.name,
@@ -442,7 +454,7 @@ impl AgentBuilder {
                 ServiceEntry {
                     service: service.clone(),
                     fetcher: service_type,
-                    grant: Arc::new(grant),
+                    grant,
                     transport: Arc::new(transport),
                 },
             );

@@ -280,6 +280,14 @@ pub(crate) async fn download(job: DownloadJob<'_>) -> Result<Download, FetchErro
     if let Some(denial) = call.denial {
         return Err(FetchError::Denied(denial));
     }
+    if let Some(fault) = &call.transport_failure
+        && fault.address_refused
+    {
+        return Err(FetchError::Denied(format!(
+            "request to {}: {}",
+            fault.url, fault.why
+        )));
+    }
     match call.result {
         Err(error) => Err(match consumed {
             // The consumer refused the bytes while they were still coming:
@@ -290,10 +298,10 @@ pub(crate) async fn download(job: DownloadJob<'_>) -> Result<Download, FetchErro
                 // The guest saw only an error code; the host knows which
                 // certificate or connection failed.
                 message: match call.transport_failure {
-                    Some((url, why)) if error.message.contains(&url) => {
-                        format!("{} ({why})", error.message)
+                    Some(fault) if error.message.contains(&fault.url) => {
+                        format!("{} ({})", error.message, fault.why)
                     }
-                    Some((url, why)) => format!("{} ({url}: {why})", error.message),
+                    Some(fault) => format!("{} ({}: {})", error.message, fault.url, fault.why),
                     None => error.message,
                 },
                 http_status: error.http_status,

@@ -70,6 +70,7 @@ pub use fetcher::{
     GrantRule, RegistryError,
 };
 pub use inspect::{Inspection, inspect, load_component};
+pub use net::{ProxyError, TlsError};
 pub use runtime::{Limits, RuntimeError, engine};
 pub use sandbox::{Grant, Origin, OriginPolicy};
 pub use source::SourceError;

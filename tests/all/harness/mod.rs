@@ -14,6 +14,7 @@ pub mod gcp_identity;
 pub mod moto;
 pub mod nginx;
 pub mod opa;
+pub mod proxy;
 pub mod registry;
 pub mod tls;
 pub mod token;
@@ -46,9 +47,15 @@ pub fn port_open(port: u16) -> bool {
 /// `port`. `false` when it exits first or time runs out; it is then killed,
 /// and the caller tries another port or gives up with the server's log.
 pub fn wait_until_listening(child: &mut Child, port: u16, timeout: Duration) -> bool {
+    wait_until_ready(child, timeout, || port_open(port))
+}
+
+/// Waits up to `timeout` for `ready()`; as [`wait_until_listening`], the
+/// child is killed when it exits first or time runs out.
+pub fn wait_until_ready(child: &mut Child, timeout: Duration, ready: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if port_open(port) {
+        if ready() {
             return true;
         }
         if let Ok(Some(_)) = child.try_wait() {

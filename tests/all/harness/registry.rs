@@ -2,14 +2,21 @@
 //! 127.0.0.1 with filesystem storage in a temp dir: anonymous, htpasswd
 //! basic auth, or token auth against [`super::token::TokenIssuer`];
 //! optionally redirecting blob GETs to another origin (distribution's
-//! `redirect` storage middleware). Plus the real clients that push to it:
-//! `skopeo copy` from an OCI layout this module writes, and oras-py.
+//! `redirect` storage middleware); over HTTP, or over HTTPS with a
+//! certificate of [`super::tls::TestCa`] ([`Registry::start_tls`]). Plus
+//! the real clients that push to it: `skopeo copy` from an OCI layout this
+//! module writes (verifying the registry's certificate against the CA when
+//! it serves TLS), and oras-py (plain HTTP only).
 //!
 //! ```ignore
 //! let mut registry = Registry::start(RegistryOptions::default());
 //! let layout = OciLayout::bundle(dir, "v1", &bundle("v1"));
 //! skopeo_copy(&layout, &registry, "org/policy:v1", &[]);
 //! let blob_gets = registry.blob_gets();
+//!
+//! let ca = TestCa::new();
+//! let registry = Registry::start_tls(RegistryOptions::default(), RegistryTls::from_ca(&ca));
+//! registry.url(); // https://127.0.0.1:PORT
 //! ```
 //!
 //! The packaged `/etc/docker/registry/config.yml` and service are never
@@ -61,6 +68,27 @@ pub struct RegistryOptions {
     pub redirect_blobs_to: Option<String>,
 }
 
+/// The registry over HTTPS: distribution's `http.tls.certificate` and
+/// `http.tls.key` (PEM), and the CA that issued them, which the harness's
+/// own clients (skopeo, [`Registry::manifest_digest`]) verify against.
+#[derive(Clone, Debug)]
+pub struct RegistryTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl RegistryTls {
+    /// `ca`'s server certificate (127.0.0.1 and localhost) and key.
+    pub fn from_ca(ca: &super::tls::TestCa) -> RegistryTls {
+        RegistryTls {
+            cert: ca.server_cert.clone(),
+            key: ca.server_key.clone(),
+            ca: ca.ca_cert.clone(),
+        }
+    }
+}
+
 /// One line of the registry's access log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Access {
@@ -73,15 +101,30 @@ pub struct Access {
 pub struct Registry {
     dir: tempfile::TempDir,
     opts: RegistryOptions,
+    /// Serves HTTPS with these files (kept by restarts and
+    /// [`Registry::reconfigure`]).
+    tls: Option<RegistryTls>,
     port: u16,
     child: Option<Child>,
 }
 
 impl Registry {
+    /// The registry over plain HTTP.
     pub fn start(opts: RegistryOptions) -> Registry {
+        Registry::launch_new(opts, None)
+    }
+
+    /// The registry over HTTPS only (a plain HTTP request is answered 400),
+    /// with `tls`'s certificate and key.
+    pub fn start_tls(opts: RegistryOptions, tls: RegistryTls) -> Registry {
+        Registry::launch_new(opts, Some(tls))
+    }
+
+    fn launch_new(opts: RegistryOptions, tls: Option<RegistryTls>) -> Registry {
         let mut registry = Registry {
             dir: tempfile::tempdir().expect("registry temp dir"),
             opts,
+            tls,
             port: 0,
             child: None,
         };
@@ -105,8 +148,15 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// `http://127.0.0.1:PORT`, or `https://` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.host())
+    }
+
+    /// The TLS files it serves with, if it serves TLS.
+    pub fn tls(&self) -> Option<&RegistryTls> {
+        self.tls.as_ref()
     }
 
     /// The filesystem storage root (`docker/registry/v2/...` below it).
@@ -139,7 +189,7 @@ impl Registry {
         }
     }
 
-    /// Restarts with other options (same port, same storage).
+    /// Restarts with other options (same port, same storage, same TLS).
     pub fn reconfigure(&mut self, opts: RegistryOptions) {
         self.opts = opts;
         self.restart();
@@ -195,19 +245,43 @@ impl Registry {
             .collect()
     }
 
-    /// The digest of `repo:tag`'s manifest, asked anonymously.
+    /// The digest of `repo:tag`'s manifest, asked anonymously (over TLS
+    /// with curl, verifying the registry against the CA).
     pub fn manifest_digest(&self, repository: &str, tag: &str) -> String {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "HEAD /v2/{repository}/manifests/{tag} HTTP/1.1\r\nHost: {}\r\nAccept: {OCI_MANIFEST}, {OCI_INDEX}, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n",
-            self.host()
-        )
-        .unwrap();
-        let mut head = String::new();
-        s.read_to_string(&mut head).unwrap();
+        let head = match &self.tls {
+            None => {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                write!(
+                    s,
+                    "HEAD /v2/{repository}/manifests/{tag} HTTP/1.1\r\nHost: {}\r\nAccept: {OCI_MANIFEST}, {OCI_INDEX}, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n",
+                    self.host()
+                )
+                .unwrap();
+                let mut head = String::new();
+                s.read_to_string(&mut head).unwrap();
+                head
+            }
+            Some(tls) => {
+                let out = Command::new("curl")
+                    .args(["-sS", "--max-time", "10", "--head", "--cacert"])
+                    .arg(&tls.ca)
+                    .arg("-H")
+                    .arg(format!(
+                        "Accept: {OCI_MANIFEST}, {OCI_INDEX}, application/vnd.docker.distribution.manifest.v2+json"
+                    ))
+                    .arg(format!("{}/v2/{repository}/manifests/{tag}", self.url()))
+                    .output()
+                    .expect("curl is not installed: run tests/harness/install.sh as root");
+                assert!(
+                    out.status.success(),
+                    "curl HEAD of {repository}:{tag} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
         head.lines()
             .find_map(|l| {
                 let (name, value) = l.split_once(':')?;
@@ -245,6 +319,12 @@ impl Registry {
             Err(e) => panic!("spawn docker-registry: {e}"),
         };
         let logs = || read_from(&log_path, offset);
+        // Over TLS distribution says so on the same line, after it loaded
+        // the certificate and key: `listening on 127.0.0.1:PORT, tls`.
+        let listening = match self.tls {
+            None => format!("listening on 127.0.0.1:{port}"),
+            Some(_) => format!("listening on 127.0.0.1:{port}, tls"),
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -255,7 +335,7 @@ impl Registry {
                 terminate(&mut child, libc::SIGKILL, Duration::from_secs(1));
                 return Err(text);
             }
-            if text.contains(&format!("listening on 127.0.0.1:{port}")) && port_open(port) {
+            if text.contains(&listening) && port_open(port) {
                 self.port = port;
                 self.child = Some(child);
                 return Ok(());
@@ -303,6 +383,14 @@ impl Registry {
                 "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base}\n"
             ),
         };
+        let tls = match &self.tls {
+            None => String::new(),
+            Some(tls) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                tls.cert.display(),
+                tls.key.display()
+            ),
+        };
         format!(
             "# generated by tests/all/harness/registry.rs
 version: 0.1
@@ -319,7 +407,7 @@ storage:
 {middleware}http:
   addr: 127.0.0.1:{port}
   secret: polhost-test-secret
-{auth}",
+{tls}{auth}",
             storage = self.storage().display(),
         )
     }
@@ -454,7 +542,10 @@ impl OciLayout {
 
 /// `skopeo copy oci:LAYOUT:TAG docker://REGISTRY/TARGET` with its own
 /// HOME/XDG dirs and an accept-anything policy; `extra` adds flags
-/// (`--format v2s2`, `--all`, `--dest-creds u:p`).
+/// (`--format v2s2`, `--all`, `--dest-creds u:p`). To a registry over TLS
+/// it verifies the registry's certificate against the CA (`ca.crt` in a
+/// `--dest-cert-dir`); to one over HTTP, `--dest-tls-verify=false` lets it
+/// fall back to plain HTTP.
 pub fn skopeo_copy(
     layout: &OciLayout,
     tag: &str,
@@ -470,6 +561,20 @@ pub fn skopeo_copy(
         r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
     )
     .unwrap();
+    let tls_flags: Vec<String> = match registry.tls() {
+        None => vec!["--dest-tls-verify=false".to_string()],
+        Some(tls) => {
+            // containers/image adds a cert dir's `*.crt` to the roots.
+            let certs = home.join("certs.d");
+            fs::create_dir_all(&certs).unwrap();
+            fs::copy(&tls.ca, certs.join("ca.crt")).unwrap();
+            vec![
+                "--dest-tls-verify=true".to_string(),
+                "--dest-cert-dir".to_string(),
+                certs.display().to_string(),
+            ]
+        }
+    };
     let mut cmd = Command::new("skopeo");
     // As root, containers/image keeps its blob-info cache in
     // /var/lib/containers/cache; as a "rootless" user it uses
@@ -481,7 +586,8 @@ pub fn skopeo_copy(
         .env("XDG_RUNTIME_DIR", home.join("run"))
         .arg("--policy")
         .arg(&policy)
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(["copy", "--quiet"])
+        .args(&tls_flags)
         .args(extra)
         .arg(format!("oci:{}:{tag}", layout.dir.display()))
         .arg(format!("docker://{}/{target}", registry.host()));
@@ -517,6 +623,10 @@ pub fn oras_push(
     target: &str,
     basic: Option<(&str, &str)>,
 ) {
+    assert!(
+        registry.tls().is_none(),
+        "oras_push speaks plain HTTP: push to a registry over TLS with skopeo_copy"
+    );
     let script = r#"
 import sys, oras.client
 host, target, path, media_type, user, password = sys.argv[1:7]
@@ -552,6 +662,10 @@ client.push(target=target, files=[path + ":" + media_type])
 /// one `application/wasm` layer and an `application/vnd.wasm.config.v0+json`
 /// config. Returns the manifest's digest and the layer's.
 pub fn oras_push_wasm(registry: &Registry, target: &str, wasm: &Path) -> (String, String) {
+    assert!(
+        registry.tls().is_none(),
+        "oras_push_wasm speaks plain HTTP: the registry serves TLS"
+    );
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(wasm).unwrap();
     let layer_digest = sha256_digest(&bytes);

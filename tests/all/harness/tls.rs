@@ -8,9 +8,11 @@ use std::process::Command;
 /// The files of one CA, all PEM, in a temp dir that lives as long as it.
 pub struct TestCa {
     _dir: tempfile::TempDir,
+    dir: PathBuf,
     /// The CA's certificate: what `tls.ca_cert` names.
     pub ca_cert: PathBuf,
-    /// The server's certificate (SAN IP:127.0.0.1, DNS:localhost) and key.
+    /// The server's certificate (SAN IP:127.0.0.1, DNS:localhost and
+    /// DNS:bundles.test, the name the proxy tests reach it by) and key.
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     /// A client certificate and its key (PKCS#8, unencrypted).
@@ -74,7 +76,7 @@ impl TestCa {
             d,
             "server",
             "/CN=127.0.0.1",
-            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:bundles.test\n",
         );
         issue(
             d,
@@ -83,6 +85,7 @@ impl TestCa {
             "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
         );
         TestCa {
+            dir: d.to_path_buf(),
             ca_cert: d.join("ca.pem"),
             server_cert: d.join("server.pem"),
             server_key: d.join("server-key.pem"),
@@ -90,5 +93,24 @@ impl TestCa {
             client_key: d.join("client-key.pem"),
             _dir: dir,
         }
+    }
+
+    /// The client key encrypted with `passphrase`, in OpenSSL's legacy
+    /// PEM form (`Proc-Type: 4,ENCRYPTED`, AES-256-CBC: what OPA reads)
+    /// or, with `pkcs8`, as an `ENCRYPTED PRIVATE KEY` (OpenSSL 3's
+    /// default).
+    pub fn encrypted_client_key(&self, passphrase: &str, pkcs8: bool) -> PathBuf {
+        let name = if pkcs8 {
+            "client-key-pkcs8.pem"
+        } else {
+            "client-key-legacy.pem"
+        };
+        let tool = if pkcs8 { "pkey" } else { "ec" };
+        openssl(
+            &self.dir,
+            &format!("{tool} -in client-key.pem -aes256 -out {name}"),
+            &["-passout", &format!("pass:{passphrase}")],
+        );
+        self.dir.join(name)
     }
 }

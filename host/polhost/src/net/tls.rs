@@ -15,6 +15,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::{Network, client_key};
+
 /// Why a service's TLS settings cannot be used: the field and what is
 /// wrong (never a key's bytes or its passphrase).
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +29,10 @@ pub struct TlsError {
 }
 
 /// The rustls client configuration for `service`'s requests.
-pub(crate) fn client_config(service: &Service) -> Result<rustls::ClientConfig, TlsError> {
+pub(crate) fn client_config(
+    service: &Service,
+    network: &Network,
+) -> Result<rustls::ClientConfig, TlsError> {
     let field = |key: &str| format!("services.{}.{key}", service.name);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -41,7 +46,7 @@ pub(crate) fn client_config(service: &Service) -> Result<rustls::ClientConfig, T
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
     } else {
-        builder.with_root_certificates(roots(service, &field)?)
+        builder.with_root_certificates(roots(service, network, &field)?)
     };
     // hyper-rustls sets the ALPN protocols (h2, http/1.1) itself.
     let config = match &service.credentials {
@@ -62,9 +67,13 @@ pub(crate) fn client_config(service: &Service) -> Result<rustls::ClientConfig, T
 }
 
 /// The system's roots, and `tls.ca_cert`'s certificates.
-fn roots(service: &Service, field: &dyn Fn(&str) -> String) -> Result<RootCertStore, TlsError> {
+fn roots(
+    service: &Service,
+    network: &Network,
+    field: &dyn Fn(&str) -> String,
+) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    let system = rustls_native_certs::load_native_certs();
+    let system = network.system_roots();
     if service.tls.system_ca_required && (system.certs.is_empty() || !system.errors.is_empty()) {
         let why = system
             .errors
@@ -77,7 +86,7 @@ fn roots(service: &Service, field: &dyn Fn(&str) -> String) -> Result<RootCertSt
         });
     }
     // A system root rustls cannot parse is skipped, as Go skips it.
-    let (_added, _skipped) = roots.add_parsable_certificates(system.certs);
+    let (_added, _skipped) = roots.add_parsable_certificates(system.certs.iter().cloned());
     if let Some(path) = &service.tls.ca_cert {
         let field = field("tls.ca_cert");
         let certs = read_certs(path, &field)?;
@@ -118,19 +127,8 @@ fn client_identity(
         message: format!("{}: {message}", client.private_key.display()),
     };
     let pem = fs::read(&client.private_key).map_err(|e| error(e.to_string()))?;
-    if client.private_key_passphrase.is_some() {
-        // OPA decrypts legacy OpenSSL-encrypted PEM (RFC 1423) keys; that
-        // is not done here yet, and a key sent unencrypted would be wrong.
-        return Err(TlsError {
-            field: field("private_key_passphrase"),
-            message: "encrypted client keys are not supported yet: decrypt the key \
-                      (openssl pkey -in KEY -out PLAIN) and leave private_key_passphrase out"
-                .into(),
-        });
-    }
-    // The PEM's label says the form (PKCS#8, PKCS#1, SEC1).
-    let key = PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| error(format!("not an unencrypted PEM private key: {e}")))?;
+    let passphrase = client.private_key_passphrase.as_ref().map(|p| p.expose());
+    let key = client_key::private_key(&pem, passphrase).map_err(error)?;
     Ok((chain, key))
 }
 

@@ -14,23 +14,29 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use polhost_config::Service;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
+use super::Network;
+use super::connect::{AddressRefused, Route};
+use super::proxy::Proxies;
 use super::tls::{self, TlsError};
+use crate::sandbox::Grant;
 
 /// How long an idle pooled connection is kept: longer than OPA's shortest
 /// polling delay, so a service polled every few seconds keeps its
 /// connection.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = hyper_rustls::HttpsConnector<Route>;
 
 /// The pooled client of one service.
 pub struct Transport {
     client: Client<Connector, WasiBody>,
+    /// For the `Proxy-Authorization` of plain requests through a proxy
+    /// (a tunnel's is sent with its `CONNECT`).
+    proxies: Arc<Proxies>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -41,27 +47,46 @@ impl std::fmt::Debug for Transport {
 
 /// How the last failed request failed, in the host's words (the guest
 /// only gets a `wasi:http` error code): its URL without the query, and why.
-pub(crate) type TransportFailure = Arc<Mutex<Option<(String, String)>>>;
+pub(crate) type TransportFailure = Arc<Mutex<Option<TransportFault>>>;
+
+/// One failed request, in the host's words.
+#[derive(Clone, Debug)]
+pub(crate) struct TransportFault {
+    /// The URL, without its query.
+    pub url: String,
+    /// Why it failed.
+    pub why: String,
+    /// Whether the sandbox's address rule refused the connection (the
+    /// fetch then fails as refused, whatever the fetcher made of it).
+    pub address_refused: bool,
+}
 
 impl Transport {
-    /// The client for `service`'s requests; connections time out after
-    /// `connect_timeout`. Fails on TLS settings that cannot be used.
-    pub fn new(service: &Service, connect_timeout: Duration) -> Result<Transport, TlsError> {
-        let tls = tls::client_config(service)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
+    /// The client for `service`'s requests, connecting where `grant`
+    /// allows (see `sandbox::address`) or through `network`'s proxies;
+    /// connections time out after `connect_timeout`. Fails on TLS settings
+    /// that cannot be used.
+    pub fn new(
+        service: &Service,
+        grant: Arc<Grant>,
+        network: &Network,
+        connect_timeout: Duration,
+    ) -> Result<Transport, TlsError> {
+        let tls = tls::client_config(service, network)?;
+        let route = Route::new(grant, network.proxies.clone(), connect_timeout);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
+            .wrap_connector(route);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        Ok(Transport { client })
+        Ok(Transport {
+            client,
+            proxies: network.proxies.clone(),
+        })
     }
 
     /// Sends `request` within `options`' timeouts (the hook has clamped
@@ -69,7 +94,7 @@ impl Transport {
     /// error.
     pub(crate) async fn send(
         &self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: RequestOptions,
         failure: TransportFailure,
     ) -> Result<http::Response<WasiBody>, HttpError> {
@@ -80,9 +105,21 @@ impl Transport {
             request.uri().authority().map(|a| a.as_str()).unwrap_or("?"),
             request.uri().path()
         );
+        if request.uri().scheme_str() == Some("http")
+            && let Some(proxy) = self.proxies.for_uri(request.uri())
+            && let Some(authorization) = &proxy.authorization
+        {
+            request
+                .headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, authorization.clone());
+        }
         let record = |code: HttpError, detail: String| {
             if let Ok(mut slot) = failure.lock() {
-                *slot = Some((shown.clone(), detail));
+                *slot = Some(TransportFault {
+                    url: shown.clone(),
+                    why: detail,
+                    address_refused: matches!(code, HttpError::DestinationIpProhibited),
+                });
             }
             code
         };
@@ -134,7 +171,11 @@ fn classify(error: &hyper_util::client::legacy::Error) -> (HttpError, String) {
             detail.push_str(&text);
         }
         if code.is_none() {
-            if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            let inner = innermost(cause);
+            let tls = inner.downcast_ref::<rustls::Error>();
+            if inner.downcast_ref::<AddressRefused>().is_some() {
+                code = Some(HttpError::DestinationIpProhibited);
+            } else if let Some(tls) = tls {
                 code = Some(match tls {
                     rustls::Error::InvalidCertificate(_) => HttpError::TlsCertificateError,
                     rustls::Error::AlertReceived(_) => HttpError::TlsAlertReceived {
@@ -164,6 +205,21 @@ fn classify(error: &hyper_util::client::legacy::Error) -> (HttpError, String) {
         }
     });
     (code, detail)
+}
+
+/// The error inside `error`'s `io::Error` wrappers: an `io::Error`'s
+/// `source` skips the error it wraps, and TLS failures come wrapped twice
+/// (tokio-rustls, then hyper-rustls).
+fn innermost<'e>(
+    mut error: &'e (dyn std::error::Error + 'static),
+) -> &'e (dyn std::error::Error + 'static) {
+    while let Some(inner) = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        error = inner;
+    }
+    error
 }
 
 /// A response body that fails when no bytes came for `timeout`.

@@ -343,7 +343,7 @@ pub(crate) struct CallOutcome {
     /// How the host's last failed request failed (a certificate the
     /// service's roots do not trust, a refused connection), if one did:
     /// its URL and why.
-    pub transport_failure: Option<(String, String)>,
+    pub transport_failure: Option<crate::net::TransportFault>,
 }
 
 impl FetcherComponent {

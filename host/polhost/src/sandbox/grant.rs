@@ -35,6 +35,21 @@ impl Origin {
             host,
         })
     }
+
+    /// Its host without an IPv6 address's brackets: a lowercased name or
+    /// an address.
+    pub fn host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// Its host, when that is a literal address.
+    pub fn host_ip(&self) -> Option<std::net::IpAddr> {
+        self.host().parse().ok()
+    }
+
+    pub(crate) fn host_eq(&self, host: &str) -> bool {
+        self.host().eq_ignore_ascii_case(host)
+    }
 }
 
 impl fmt::Display for Origin {

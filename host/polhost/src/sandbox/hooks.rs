@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::{Grant, Origin, OriginPolicy};
+use super::{Grant, LEARNED_PRIVATE, Origin, OriginPolicy};
 use crate::net::{Transport, TransportFailure};
 
 /// Per-fetch state of the hook.
@@ -93,6 +93,17 @@ impl SandboxHooks {
                     .map(Origin::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
+            ));
+        }
+        // A learned literal address is checked here; a learned name, on
+        // the addresses it resolves to when the host connects.
+        if !self.grant.allows_origin(&origin)
+            && let Some(ip) = origin.host_ip()
+            && let Some(class) = self.grant.address_refusal(origin.host(), ip)
+        {
+            return Some(format!(
+                "request to {shown}: origin {origin}, learned in this fetch, is a {class} address, which service {:?} was not granted ({LEARNED_PRIVATE})",
+                self.grant.service
             ));
         }
         if self.sent >= self.limits.max_requests {
@@ -325,12 +336,15 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let transport = Transport::new(&config.services[0], Duration::from_secs(1)).unwrap();
-        let mut hooks = SandboxHooks::new(
-            Arc::new(grant(OriginPolicy::Fixed)),
-            Arc::new(transport),
-            limits,
-        );
+        let grant = Arc::new(grant(OriginPolicy::Fixed));
+        let transport = Transport::new(
+            &config.services[0],
+            grant.clone(),
+            &crate::net::Network::default(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let mut hooks = SandboxHooks::new(grant, Arc::new(transport), limits);
         let cdn: http::Uri = "http://cdn.example/blob".parse().unwrap();
         assert!(hooks.refusal(&cdn).is_some());
         hooks

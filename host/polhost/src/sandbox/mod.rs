@@ -3,8 +3,11 @@
 //!
 //! Owns the policy only; the runtime decides how to apply it to a store.
 
+mod address;
 mod grant;
 mod hooks;
 
+pub(crate) use address::LEARNED_PRIVATE;
+pub use address::special_class;
 pub use grant::{Grant, Origin, OriginPolicy};
 pub(crate) use hooks::{RequestLimits, SandboxHooks};
