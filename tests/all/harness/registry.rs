@@ -24,8 +24,7 @@
 //! [`Registry::restart`].
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -245,43 +244,28 @@ impl Registry {
             .collect()
     }
 
-    /// The digest of `repo:tag`'s manifest, asked anonymously (over TLS
-    /// with curl, verifying the registry against the CA).
+    /// The digest of `repo:tag`'s manifest, asked anonymously with curl
+    /// (over TLS, verifying the registry against the CA).
     pub fn manifest_digest(&self, repository: &str, tag: &str) -> String {
-        let head = match &self.tls {
-            None => {
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                write!(
-                    s,
-                    "HEAD /v2/{repository}/manifests/{tag} HTTP/1.1\r\nHost: {}\r\nAccept: {OCI_MANIFEST}, {OCI_INDEX}, application/vnd.docker.distribution.manifest.v2+json\r\nConnection: close\r\n\r\n",
-                    self.host()
-                )
-                .unwrap();
-                let mut head = String::new();
-                s.read_to_string(&mut head).unwrap();
-                head
-            }
-            Some(tls) => {
-                let out = Command::new("curl")
-                    .args(["-sS", "--max-time", "10", "--head", "--cacert"])
-                    .arg(&tls.ca)
-                    .arg("-H")
-                    .arg(format!(
-                        "Accept: {OCI_MANIFEST}, {OCI_INDEX}, application/vnd.docker.distribution.manifest.v2+json"
-                    ))
-                    .arg(format!("{}/v2/{repository}/manifests/{tag}", self.url()))
-                    .output()
-                    .expect("curl is not installed: run tests/harness/install.sh as root");
-                assert!(
-                    out.status.success(),
-                    "curl HEAD of {repository}:{tag} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            }
-        };
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "10", "--head"]);
+        if let Some(tls) = &self.tls {
+            curl.arg("--cacert").arg(&tls.ca);
+        }
+        let out = curl
+            .arg("-H")
+            .arg(format!(
+                "Accept: {OCI_MANIFEST}, {OCI_INDEX}, application/vnd.docker.distribution.manifest.v2+json"
+            ))
+            .arg(format!("{}/v2/{repository}/manifests/{tag}", self.url()))
+            .output()
+            .expect("curl is not installed: run tests/harness/install.sh as root");
+        assert!(
+            out.status.success(),
+            "curl HEAD of {repository}:{tag} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let head = String::from_utf8_lossy(&out.stdout);
         head.lines()
             .find_map(|l| {
                 let (name, value) = l.split_once(':')?;

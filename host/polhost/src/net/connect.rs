@@ -144,8 +144,9 @@ impl Service<Uri> for Route {
                     tunnel = tunnel.with_auth(authorization);
                 }
                 Box::pin(async move {
-                    let io = tunnel.call(target).await.map_err(|e| -> BoxError {
-                        format!("CONNECT through proxy {shown}: {}", tunnel_error(&e)).into()
+                    let io = tunnel.call(target).await.map_err(|e| TunnelFailed {
+                        proxy: shown,
+                        source: Box::new(e),
                     })?;
                     Ok(Routed {
                         io,
@@ -167,13 +168,14 @@ impl Service<Uri> for Route {
     }
 }
 
-/// hyper-util's tunnel errors, as an operator reads them.
-fn tunnel_error(error: &(dyn std::error::Error + 'static)) -> String {
-    let text = format!("{error}");
-    match std::error::Error::source(error) {
-        Some(source) => format!("{text}: {source}"),
-        None => text,
-    }
+/// A `CONNECT` the proxy did not open; the transport's description walks
+/// into hyper-util's reason and its cause.
+#[derive(Debug, thiserror::Error)]
+#[error("CONNECT through proxy {proxy}")]
+struct TunnelFailed {
+    proxy: String,
+    #[source]
+    source: BoxError,
 }
 
 /// A connection made by [`Route`]: hyper sends absolute-form requests on

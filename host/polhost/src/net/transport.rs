@@ -22,7 +22,7 @@ use super::Network;
 use super::connect::{AddressRefused, Route};
 use super::proxy::Proxies;
 use super::tls::{self, TlsError};
-use crate::sandbox::Grant;
+use crate::sandbox::{Grant, shown_url};
 
 /// How long an idle pooled connection is kept: longer than OPA's shortest
 /// polling delay, so a service polled every few seconds keeps its
@@ -98,13 +98,7 @@ impl Transport {
         options: RequestOptions,
         failure: TransportFailure,
     ) -> Result<http::Response<WasiBody>, HttpError> {
-        // The query is left out: it can carry a credential (a SAS token).
-        let shown = format!(
-            "{}://{}{}",
-            request.uri().scheme_str().unwrap_or("?"),
-            request.uri().authority().map(|a| a.as_str()).unwrap_or("?"),
-            request.uri().path()
-        );
+        let shown = shown_url(request.uri());
         if request.uri().scheme_str() == Some("http")
             && let Some(proxy) = self.proxies.for_uri(request.uri())
             && let Some(authorization) = &proxy.authorization

@@ -52,6 +52,17 @@ impl Origin {
     }
 }
 
+/// `uri` as refusals and failures show it: without its query, which can
+/// carry a credential (a SAS token).
+pub(crate) fn shown_url(uri: &http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("?"),
+        uri.authority().map(|a| a.as_str()).unwrap_or("?"),
+        uri.path()
+    )
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}:{}", self.scheme, self.host, self.port)

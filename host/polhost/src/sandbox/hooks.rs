@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::{Grant, LEARNED_PRIVATE, Origin, OriginPolicy};
+use super::{Grant, LEARNED_PRIVATE, Origin, OriginPolicy, shown_url};
 use crate::net::{Transport, TransportFailure};
 
 /// Per-fetch state of the hook.
@@ -60,13 +60,7 @@ impl SandboxHooks {
 
     /// Why `uri` may not be requested, if it may not.
     fn refusal(&mut self, uri: &http::Uri) -> Option<String> {
-        // The query is left out: it can carry a credential (a SAS token).
-        let shown = format!(
-            "{}://{}{}",
-            uri.scheme_str().unwrap_or("?"),
-            uri.authority().map(|a| a.as_str()).unwrap_or("?"),
-            uri.path()
-        );
+        let shown = shown_url(uri);
         let Some(origin) = Origin::of_uri(uri) else {
             return Some(format!("request to {shown}: not an absolute http(s) URL"));
         };

@@ -9,5 +9,6 @@ mod hooks;
 
 pub(crate) use address::LEARNED_PRIVATE;
 pub use address::special_class;
+pub(crate) use grant::shown_url;
 pub use grant::{Grant, Origin, OriginPolicy};
 pub(crate) use hooks::{RequestLimits, SandboxHooks};
